@@ -43,7 +43,7 @@ nbtest: install-dev
 	OMP_NUM_THREADS=1 CVDD_PROGRESS=0 $(VENV)/bin/nbdev_test --timing
 
 pytest: install-dev
-	CVDD_PROGRESS=0 $(PY) -m pytest tests
+	OMP_NUM_THREADS=1 CVDD_PROGRESS=0 $(PY) -m pytest tests
 
 test: check nbtest pytest
 
