@@ -1,0 +1,106 @@
+"The whole run: `cvdd run` end to end, kill -9 and resume, bad configs, shipped configs."
+import json, os, signal, subprocess, sys, time, tomllib
+from pathlib import Path
+import pytest, torch
+import fastcore.test as fct
+from cvdd_nb.core import CVDDError, load_json
+from cvdd_nb.pipeline import DIGITS_DEMO, TINY, RunConfig, load_config, run
+from cvdd_nb.recover import Recovered
+
+ROOT = Path(__file__).resolve().parent.parent
+CVDD = str(Path(sys.executable).parent/'cvdd')
+ENV = {**os.environ, 'CVDD_PROGRESS': '0', 'OMP_NUM_THREADS': '1'}
+
+def _toml(d:dict)->str:
+    "A tiny TOML writer for the test configs (tables one level deep plus [evaluate.student])."
+    top = [f'{k} = {json.dumps(v)}' for k, v in d.items() if not isinstance(v, dict)]
+    for k, v in d.items():
+        if isinstance(v, dict):
+            top.append(f'[{k}]'); top += [f'{a} = {json.dumps(b)}' for a, b in v.items() if not isinstance(b, dict)]
+            top += [f'[{k}.{a}]\n' + '\n'.join(f'{x} = {json.dumps(y)}' for x, y in b.items()) for a, b in v.items() if isinstance(b, dict)]
+    return '\n'.join(top) + '\n'
+
+@pytest.fixture(scope='module')
+def tiny_cfg(tmp_path_factory):
+    "TINY with its two experts trained once, here, and reused by every run (`experts.pool`)."
+    d = tmp_path_factory.mktemp('cfg')
+    from cvdd_nb.data import load_dataset
+    from cvdd_nb.experts import train_pool
+    train_pool([('convnet', 'convnet', 0.25), ('resnet18', 'resnet18', 0.125)], load_dataset('digits'), d/'pool', dict(epochs=3), quiet=True)
+    p = d/'tiny.toml'; p.write_text(_toml(dict(TINY, experts=dict(pool=str(d/'pool'))))); return p
+
+def test_cli_run_end_to_end(tiny_cfg, tmp_path):
+    r = subprocess.run([CVDD, '--quiet', 'run', '--config', str(tiny_cfg), '--out', str(tmp_path/'run')], capture_output=True, text=True, env=ENV)
+    assert r.returncode == 0, r.stderr
+    res = load_json(tmp_path/'run/results.json', dict(dataset=str, ipc=int, methods=dict, timing_s=dict))
+    fct.test_eq((res['dataset'], res['ipc']), ('digits', 2))
+    fct.test_eq(set(res['methods']), {'cvdd', 'sre2l++', 'random_soft', 'random_hard'})
+    for m in res['methods'].values():
+        assert set(m) >= {'acc_mean', 'acc_std', 'accs'} and all(0 <= a <= 100 for a in m['accs'])
+    assert set(res['timing_s']) >= {'experts', 'recover', 'relabel', 'evaluate'} and all(v >= 0 for v in res['timing_s'].values())
+    report = (tmp_path/'run/report.md').read_text()
+    assert '| cvdd | soft |' in report and '![images](images.png)' in report
+    for f in ('images.png', 'votes.png', 'losses.png', 'accuracy.png'): assert (tmp_path/'run'/f).read_bytes()[:4] == b'\x89PNG'
+    shown = subprocess.run([CVDD, 'show', str(tmp_path/'run')], capture_output=True, text=True, env=ENV)
+    assert shown.returncode == 0 and '| random_hard |' in shown.stdout
+    # a finished run is not recomputed
+    t0 = time.perf_counter(); again = subprocess.run([CVDD, '--quiet', 'run', '--config', str(tiny_cfg), '--out', str(tmp_path/'run')], capture_output=True, text=True, env=ENV)
+    assert again.returncode == 0 and time.perf_counter() - t0 < 30
+    fct.test_eq(load_json(tmp_path/'run/results.json')['methods'], res['methods'])
+
+def test_kill_during_recover_then_resume_gives_same_images(tiny_cfg, tmp_path):
+    over = ['--set', 'recover.iterations=60', '--set', 'recover.checkpoint_every=5']
+    ref = subprocess.run([CVDD, '--quiet', 'recover', '--config', str(tiny_cfg), '--out', str(tmp_path/'ref'), *over], capture_output=True, text=True, env=ENV)
+    assert ref.returncode == 0, ref.stderr
+    p = subprocess.Popen([CVDD, '--quiet', 'recover', '--config', str(tiny_cfg), '--out', str(tmp_path/'kill'), *over], env=ENV,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ck = tmp_path/'kill/recover/cvdd/checkpoint'
+    deadline = time.time() + 240
+    while time.time() < deadline and not (ck.exists() and any(ck.iterdir())): time.sleep(0.05)
+    time.sleep(0.3); p.send_signal(signal.SIGKILL); p.wait()
+    assert p.returncode == -signal.SIGKILL, 'recover finished before it could be killed'
+    assert not (tmp_path/'kill/recover/cvdd/recovered.json').exists()
+    man = load_json(tmp_path/'kill/manifest.json')
+    fct.test_eq(man['stages']['experts']['status'], 'done')
+    res = subprocess.run([CVDD, '--quiet', 'recover', '--config', str(tiny_cfg), '--out', str(tmp_path/'kill'), *over], capture_output=True, text=True, env=ENV)
+    assert res.returncode == 0, res.stderr
+    a, b = Recovered.load(tmp_path/'ref/recover/cvdd'), Recovered.load(tmp_path/'kill/recover/cvdd')
+    assert torch.equal(a.images, b.images)
+    assert torch.equal(Recovered.load(tmp_path/'ref/recover/sre2l++').images, Recovered.load(tmp_path/'kill/recover/sre2l++').images)
+
+@pytest.mark.parametrize('sets,msg', [
+    (['dataset=cifar11'], "unknown dataset 'cifar11'"),
+    (['experts.archs=["resnet19"]'], "unknown model 'resnet19'"),
+    (['ipc=0'], 'ipc must be an integer >= 1'),
+    (['ipc=-2'], 'ipc must be an integer >= 1'),
+    (['ipc=200', 'recover.init="real"'], 'needs 200 real images per class'),
+    (['recover.init="patches"'], 'lower ipc (or recover.mipc'),
+    (['recover.voter="majority"'], "unknown voter 'majority'"),
+    (['recover.schedule="round"'], "unknown schedule 'round'"),
+    (['recover.iteration=5'], 'valid settings: ipc, iterations'),
+    (['experts.pool="/nonexistent/pool"'], 'holds no pool.json'),
+    (['evaluate.methods=["cvdd","dm"]'], "unknown method 'dm'"),
+])
+def test_bad_configs_fail_before_work(tiny_cfg, tmp_path, sets, msg, capsys):
+    from cvdd_nb.cli import main
+    args = [a for s in sets for a in ('--set', s)]
+    fct.test_eq(main(['run', '--config', str(tiny_cfg), '--out', str(tmp_path/'r'), *args]), 2)
+    err = capsys.readouterr().err
+    assert msg in err, err
+    assert not (tmp_path/'r').exists()                   # nothing was written, no expert trained
+
+def test_bad_config_exit_status_from_the_console_script(tmp_path):
+    r = subprocess.run([CVDD, 'run', '--config', str(tmp_path/'none.toml')], capture_output=True, text=True, env=ENV)
+    fct.test_eq(r.returncode, 2); assert 'does not exist' in r.stderr and 'Traceback' not in r.stderr
+
+def test_shipped_configs_are_valid():
+    files = sorted((ROOT/'configs').glob('*.toml'))
+    assert len(files) >= 14
+    for f in files: load_config(f)
+    names = {f.stem for f in files}
+    for ds in ('fashion_mnist', 'mnist', 'cifar10', 'cifar100'):
+        assert {f'{ds}_ipc1', f'{ds}_ipc10', f'{ds}_ipc50'} <= names, ds
+    assert {'digits_ipc1', 'digits_ipc10'} <= names
+
+def test_demo_config_file_matches_the_embedded_demo():
+    fct.test_eq(load_config(ROOT/'configs'/'digits_ipc10.toml').to_dict(), RunConfig.from_dict(DIGITS_DEMO).to_dict())
