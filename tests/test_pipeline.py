@@ -104,3 +104,13 @@ def test_shipped_configs_are_valid():
 
 def test_demo_config_file_matches_the_embedded_demo():
     fct.test_eq(load_config(ROOT/'configs'/'digits_ipc10.toml').to_dict(), RunConfig.from_dict(DIGITS_DEMO).to_dict())
+
+def test_distill_priors_run_single_expert_pipelines(tiny_cfg, tmp_path):
+    "priors.mode = 'distill' (the reference meaning): each expert distils alone, a student is scored on it."
+    cfg = load_config(tiny_cfg, ['priors.mode="distill"', 'priors.distill_iterations=5'])
+    run(cfg, out=tmp_path/'d', until='priors')
+    p = load_json(tmp_path/'d/priors.json', dict(priors=list, experts=list))
+    fct.test_eq((p['mode'], p['experts']), ('distill', ['convnet', 'resnet18']))
+    assert all(0 <= a <= 100 for a in p['priors'])
+    for name in p['experts']: assert (tmp_path/'d/priors'/name/'recovered.json').exists()   # its own SRe2L++ images
+    r = Recovered.load(tmp_path/'d/priors/convnet'); fct.test_eq(set(map(tuple, r.committee)), {('convnet',)})
