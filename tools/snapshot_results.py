@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Copy a run's small result files (tables, JSON, PNG; never weights) into results/NAME/ with a SOURCE.md
+"""Copy a run's report files (report.md, results.json, PNGs, tables; never weights or checkpoints) into results/NAME/ with a SOURCE.md
 that records the command, commit and date, so README numbers always come from files a run wrote.
    python tools/snapshot_results.py RUN_DIR NAME --command "cvdd demo"   """
 import argparse, datetime, shutil, subprocess
@@ -11,8 +11,9 @@ KEEP = ('.md', '.json', '.png', '.csv')
 def main():
     ap = argparse.ArgumentParser(); ap.add_argument('run'); ap.add_argument('name'); ap.add_argument('--command', required=True)
     a = ap.parse_args(); src, dst = Path(a.run), ROOT/'results'/a.name
-    files = [p for p in src.rglob('*') if p.suffix in KEEP and p.stat().st_size < 2_000_000 and p.name != 'manifest.json'
-             and not any(s.startswith('.') for s in p.parts)]
+    # the run's top-level report files, plus the tables one folder down (evaluate/results.md, experts/pool.md)
+    files = [p for p in [*src.glob('*'), *src.glob('*/*.md')] if p.is_file() and p.suffix in KEEP and p.stat().st_size < 2_000_000
+             and not p.name.startswith('.')]
     if not files: raise SystemExit(f'no result files under {src}')
     shutil.rmtree(dst, ignore_errors=True)
     for p in files: (dst/p.relative_to(src)).parent.mkdir(parents=True, exist_ok=True); shutil.copy2(p, dst/p.relative_to(src))
