@@ -52,7 +52,7 @@ def smoothed_cosine(epoch:int, epochs:int, lr0:float=1e-3,
     "The learning rate of (0-based) `epoch`: lr0 * 0.5 * (1 + cos(pi * epoch / (epochs * eta)))."
     return lr0 * 0.5 * (1 + math.cos(math.pi * epoch / (epochs * eta)))
 
-# %% ../nbs/06_evaluate.ipynb #ce31b95c
+# %% ../nbs/06_evaluate.ipynb #3689fd51
 @dataclasses.dataclass
 class EvalConfig(Config):
     "The student protocol (reference values; `epochs` and `width` sized for a CPU)."
@@ -66,19 +66,21 @@ class EvalConfig(Config):
     micro_batch:int = 8          # each batch is run as micro-batches of this size (gradient accumulation)
     eval_every:int = 0           # also test every this many epochs (0: only after the last)
     eval_batch:int = 512
+    channels_last:str = 'auto'   # the student in channels-last memory: 'auto' (on CUDA), 'yes' (faster on CPUs too), 'no'
     student_kw:dict = dataclasses.field(default_factory=dict)   # extra `create_model` arguments, e.g. depth
 
     def __post_init__(self):
         for k in ('epochs', 'micro_batch', 'eval_batch'):
             if getattr(self, k) < 1: raise CVDDError(f'EvalConfig.{k} must be >= 1, got {getattr(self, k)}', f'set {k} to 1 or more')
         if self.eta <= 0 or self.temperature <= 0 or self.lr <= 0: raise CVDDError('lr, eta and temperature must be > 0', 'the reference uses 1e-3, 1 and 20')
+        if self.channels_last not in ('auto', 'yes', 'no'): raise CVDDError(f'channels_last must be auto, yes or no, got {self.channels_last!r}', "use 'auto'")
 
 def as_eval_config(config:EvalConfig|dict|None=None, **kw)->EvalConfig:
     "An `EvalConfig` from a config, a dict or nothing, with `kw` overriding."
     cfg = config if isinstance(config, EvalConfig) else EvalConfig.from_dict(config)
     return cfg.replace(**kw) if kw else cfg
 
-# %% ../nbs/06_evaluate.ipynb #414407aa
+# %% ../nbs/06_evaluate.ipynb #3ee32c3a
 @dataclasses.dataclass(repr=False)
 class StudentRun:
     "A trained student, its final test accuracy and its per-epoch history."
@@ -117,7 +119,8 @@ def train_student(images:torch.Tensor,       # normalised float images (N, C, H,
         raise CVDDError(f'the label source holds {source.epochs} epochs, the student trains {cfg.epochs}', f'relabel with epochs >= {cfg.epochs}, or train fewer epochs')
     if isinstance(source, LabelStore): source.check(images)
     device = get_device(device); set_seed(seed)
-    model = _student(cfg, info).to(device)
+    cl = device.type == 'cuda' if cfg.channels_last == 'auto' else cfg.channels_last == 'yes'
+    model = _student(cfg, info).to(device, memory_format=torch.channels_last if cl else torch.preserve_format)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
     x_all, y_all, hist, t0 = images.detach().to(device), labels.to(device), [], time.perf_counter()
     for e in progress(range(cfg.epochs), desc=f'student {cfg.student}', disable=quiet or None):
@@ -127,6 +130,7 @@ def train_student(images:torch.Tensor,       # normalised float images (N, C, H,
         for x, z, a in source.replay(x_all, e):
             if z is None and not hard: raise CVDDError(f'{type(source).__name__} gives no soft labels', 'pass hard=True, or a LabelStore / OnlineLabeler')
             y = y_all[a.idx.to(device)]
+            if cl: x = x.contiguous(memory_format=torch.channels_last)
             total = total + _step(model, opt, x, None if hard else z.to(device), y, y[a.perm.to(device)], a.lam, cfg, hard, device); count += len(x)
         rec = dict(epoch=e, lr=lr, loss=float(total) / count)
         if test is not None and cfg.eval_every and (e + 1) % cfg.eval_every == 0 and e + 1 < cfg.epochs:
@@ -134,7 +138,7 @@ def train_student(images:torch.Tensor,       # normalised float images (N, C, H,
         hist.append(rec)
     acc = evaluate_model(model, test, info, cfg.eval_batch, device) if test is not None else None
     if hist and acc is not None: hist[-1]['acc'] = acc
-    return StudentRun(model.eval(), acc, hist, time.perf_counter() - t0)
+    return StudentRun(model.eval().to(memory_format=torch.contiguous_format), acc, hist, time.perf_counter() - t0)
 
 # %% ../nbs/06_evaluate.ipynb #2133765a
 @dataclasses.dataclass

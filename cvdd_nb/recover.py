@@ -20,14 +20,15 @@ from .models import bn_layers
 from .experts import ExpertPool, default_flip, evaluate_model
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'VOTERS', 'PRIOR_MODES', 'INITS', 'BANDS', 'AUGMENTS', 'BN_NORMS', 'FLIPS', 'RecoverConfig',
-           'resolve_roll', 'resolve_flip', 'BNStats', 'committee_loss', 'compute_priors', 'vote_weights',
+__all__ = ['SCHEDULES', 'VOTERS', 'PRIOR_MODES', 'INITS', 'BANDS', 'AUGMENTS', 'BN_NORMS', 'FLIPS', 'LAYOUTS', 'RecoverConfig',
+           'resolve_roll', 'resolve_flip', 'seg_stats', 'BNStats', 'committee_loss', 'compute_priors', 'vote_weights',
            'committee_weights', 'committee_schedule', 'unit_seed', 'committee_plan', 'votes_markdown', 'crop_boxes',
            'resized_crop', 'roll_each', 'AugParams', 'crop_scale', 'draw_augment', 'apply_augment', 'augment_batch',
            'init_patches', 'init_bank', 'unit_start', 'cosine_lr', 'adam_step', 'Unit', 'plan_units', 'plan_groups',
-           'StepState', 'StopRecover', 'History', 'to_png', 'image_grid', 'Recovered', 'recover', 'initial_images']
+           'StepState', 'StopRecover', 'History', 'to_png', 'image_grid', 'Recovered', 'recover', 'initial_images',
+           'mixed_committee_loss']
 
-# %% ../nbs/04_recover.ipynb #3d5d50ff
+# %% ../nbs/04_recover.ipynb #b235f23a
 SCHEDULES = ('pairs', 'random', 'fixed', 'top')
 VOTERS = ('prior', 'equal', 'random')
 PRIOR_MODES = ('accuracy', 'given', 'equal', 'distill')
@@ -36,8 +37,9 @@ BANDS = ('easy', 'medium', 'hard')
 AUGMENTS = ('shared', 'per_sample')
 BN_NORMS = ('none', 'layers')
 FLIPS = ('auto', 'yes', 'no')
+LAYOUTS = ('auto', 'yes', 'no')
 
-# %% ../nbs/04_recover.ipynb #fdb15644
+# %% ../nbs/04_recover.ipynb #348e707b
 @dataclasses.dataclass
 class RecoverConfig(Config):
     "Settings of the recover stage: reference values, except CPU-sized `iterations` and `init='noise'`."
@@ -71,6 +73,9 @@ class RecoverConfig(Config):
     seed:int = 0
     grouped:bool = False         # run the units that share a committee in one forward pass
     max_group:int = 0            # grouped: at most this many units per pass (0: no limit)
+    mix_committees:bool = False  # grouped: also join units of different committees (each expert runs once on all the units it votes on)
+    channels_last:str = 'auto'   # experts and batches in channels-last memory: 'auto' (on CUDA), 'yes', 'no'
+    compile:bool = False         # torch.compile the experts for the optimisation steps (pays off on long runs)
     checkpoint_every:int = 100   # steps between checkpoints (when an output folder is given)
     callback_every:int = 10      # steps between callback calls
     device:str = 'auto'          # 'auto', 'cpu', 'cuda'
@@ -79,7 +84,7 @@ class RecoverConfig(Config):
     def __post_init__(self):
         for kind, v, valid in (('schedule', self.schedule, SCHEDULES), ('voter', self.voter, VOTERS), ('prior mode', self.prior, PRIOR_MODES),
                                ('init', self.init, INITS), ('patch band', self.patch_band, BANDS), ('augment', self.augment, AUGMENTS),
-                               ('bn_norm', self.bn_norm, BN_NORMS), ('flip', self.flip, FLIPS)):
+                               ('bn_norm', self.bn_norm, BN_NORMS), ('flip', self.flip, FLIPS), ('channels_last', self.channels_last, LAYOUTS)):
             check_choice(kind, v, valid)
         for k in ('ipc', 'iterations', 'committee_size', 'patch_crops', 'mipc', 'checkpoint_every', 'callback_every'):
             v = getattr(self, k)
@@ -102,7 +107,39 @@ def resolve_flip(flip:str, dataset:str)->bool:
     "Whether to flip: 'yes' / 'no', or 'auto' = the dataset's default (off for digits)."
     return default_flip(dataset) if check_choice('flip', flip, FLIPS) == 'auto' else flip == 'yes'
 
-# %% ../nbs/04_recover.ipynb #7a5c2ce0
+# %% ../nbs/04_recover.ipynb #556b60a4
+class _SegStats(torch.autograd.Function):
+    "Mean and biased variance over dims `dims` of `v`, shifted by `shift` for precision; backward in one `addcmul`."
+    @staticmethod
+    def forward(ctx, v, shift, dims, n):
+        xs = v - shift
+        m = xs.sum(dims) / n
+        var = (xs * xs).sum(dims) / n - m * m
+        mean = m + shift.reshape(-1)
+        ctx.dims, ctx.n = dims, n
+        ctx.save_for_backward(v, mean)
+        return mean, var
+
+    @staticmethod
+    def backward(ctx, g_mean, g_var):
+        v, mean = ctx.saved_tensors
+        b = (lambda t: t[:, None, :]) if len(ctx.dims) == 1 else (lambda t: t[:, None, :, None])
+        c1 = g_var * (2.0 / ctx.n)                         # d/dv of mean and var: g_mean / n + c1 * (v - mean)
+        return torch.addcmul(b(g_mean / ctx.n - c1 * mean), v, b(c1)), None, None, None
+
+def seg_stats(x:torch.Tensor,                  # a batch of feature maps (n, C, H, W), NCHW or channels-last
+              segments:int=1,                  # cut the batch into this many equal parts
+              shift:torch.Tensor|None=None):   # (C,) a value near the mean (e.g. the running mean), for precision
+    "Per segment and channel: (mean, biased variance) over (N, H, W), each (segments, C)."
+    n, c = x.shape[:2]
+    if n % segments: raise CVDDError(f'a batch of {n} cannot be cut into {segments} equal segments', 'give every segment the same size')
+    shift = torch.zeros(c, device=x.device) if shift is None else shift.detach().float()
+    if x.ndim == 4 and c > 1 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        v, dims, sh = x.permute(0, 2, 3, 1).reshape(segments, -1, c), (1,), shift      # (g, n/g * H * W, C), a view
+    else:
+        v, dims, sh = x.reshape(segments, n // segments, c, -1), (1, 3), shift[:, None]  # (g, n/g, C, H * W)
+    return _SegStats.apply(v, sh, dims, v.numel() // (segments * c))
+
 class BNStats:
     "Forward pre-hooks on every BatchNorm2d of `model`: mean and biased variance of its input, per batch segment."
     def __init__(self, model:nn.Module, segments:int=1):
@@ -110,18 +147,14 @@ class BNStats:
         if not self.layers: raise CVDDError(f'{type(model).__name__} has no BatchNorm2d layer', 'recover needs experts with BatchNorm')
         if any(l.running_mean is None for l in self.layers):
             raise CVDDError('a BatchNorm2d layer keeps no running statistics (track_running_stats=False)', 'use experts trained with running statistics')
-        self.segments, self._handles = segments, []
+        self.segments, self._handles, self._ind = segments, [], {}
         self.clear()
 
     def clear(self): self.mean, self.var = [None] * len(self.layers), [None] * len(self.layers)
 
     def _hook(self, i:int):
-        def hook(module, inputs):
-            x, g = inputs[0].float(), self.segments
-            n, c = x.shape[:2]
-            if n % g: raise CVDDError(f'a batch of {n} cannot be cut into {g} equal segments', 'give every segment the same size')
-            x = x.reshape(g, n // g, c, -1)
-            self.mean[i], self.var[i] = x.mean((1, 3)), x.var((1, 3), correction=0)
+        layer = self.layers[i]
+        def hook(module, inputs): self.mean[i], self.var[i] = seg_stats(inputs[0].float(), self.segments, layer.running_mean)
         return hook
 
     def __enter__(self):
@@ -132,14 +165,22 @@ class BNStats:
         for h in self._handles: h.remove()
         self._handles = []; self.clear()
 
+    def _indicator(self, device)->tuple:
+        "The (channels, layers) 0/1 matrix that sums a layer's channels, cached per device."
+        if device not in self._ind:
+            sizes = torch.tensor([l.num_features for l in self.layers])
+            self._ind[device] = F.one_hot(torch.arange(len(sizes)).repeat_interleave(sizes), len(sizes)).float().to(device)
+        return self._ind[device]
+
     def loss(self, first_bn_mul:float=10.0, norm:str='none')->torch.Tensor:
         "The BN term of each segment, shape (segments,)."
         if any(m is None for m in self.mean): raise CVDDError('no BN statistics recorded', 'run the model inside the `with` block first')
-        total = 0
-        for i, l in enumerate(self.layers):
-            d = (torch.linalg.vector_norm(self.mean[i] - l.running_mean.float(), dim=1)
-                 + torch.linalg.vector_norm(self.var[i] - l.running_var.float(), dim=1))
-            total = total + (first_bn_mul if i == 0 else 1.0) * d
+        dev = self.mean[0].device
+        rm = torch.cat([l.running_mean for l in self.layers]).float(); rv = torch.cat([l.running_var for l in self.layers]).float()
+        d = torch.stack([torch.cat(self.mean, 1) - rm, torch.cat(self.var, 1) - rv])           # (2, segments, channels)
+        norms = (d.square() @ self._indicator(dev)).clamp_min(1e-30).sqrt()                     # (2, segments, layers)
+        mul = torch.ones(len(self.layers), device=dev); mul[0] = first_bn_mul
+        total = (norms[0] + norms[1]) @ mul
         return total / len(self.layers) if check_choice('bn_norm', norm, BN_NORMS) == 'layers' else total
 
 # %% ../nbs/04_recover.ipynb #291a0fad
@@ -443,7 +484,7 @@ def adam_step(x:torch.Tensor, grad:torch.Tensor, m:torch.Tensor, v:torch.Tensor,
     denom = (v.sqrt() / math.sqrt(1 - beta2 ** t)).add_(eps)
     x.addcdiv_(m, denom, value=-lr / (1 - beta1 ** t))
 
-# %% ../nbs/04_recover.ipynb #71ad7ef1
+# %% ../nbs/04_recover.ipynb #a4e1870a
 @dataclasses.dataclass
 class Unit:
     "A work unit: IPC index `k` of each class in `classes`, optimised by one committee."
@@ -461,11 +502,12 @@ def plan_units(plan:list, num_classes:int, classes_per_chunk:int=0)->list:
     chunks = [list(range(i, min(i + c, num_classes))) for i in range(0, num_classes, c)]
     return [Unit(p['k'], ci, cl, tuple(p['members']), p['weights']) for p in plan for ci, cl in enumerate(chunks)]
 
-def plan_groups(units:list, grouped:bool=False, max_group:int=0)->list:
-    "Units run together: alone, or (grouped) those with the same committee and chunk size, up to `max_group` at a time."
+def plan_groups(units:list, grouped:bool=False, max_group:int=0,
+                mix:bool=False)->list:   # also join units of different committees
+    "Units run together: alone, or (grouped) those with the same committee (any committee if `mix`) and chunk size, up to `max_group` at a time."
     if not grouped: return [[u] for u in units]
     by = {}
-    for u in units: by.setdefault((u.members, len(u.classes)), []).append(u)
+    for u in units: by.setdefault(len(u.classes) if mix else (u.members, len(u.classes)), []).append(u)
     return [v[i:i + (max_group or len(v))] for v in by.values() for i in range(0, len(v), max_group or len(v))]
 
 # %% ../nbs/04_recover.ipynb #20b6890c
@@ -584,7 +626,7 @@ def _load(path:str|Path)->Recovered:
     return Recovered(**{k: t[k] for k in _TENSORS}, **{k: v for k, v in d.items() if k in fields and k != 'info'}, info=DatasetInfo.from_dict(d['info']))
 Recovered.load = staticmethod(_load)
 
-# %% ../nbs/04_recover.ipynb #ce8cd724
+# %% ../nbs/04_recover.ipynb #8ba9662d
 @dataclasses.dataclass
 class _UnitState:
     "A unit in progress: its pixels (a leaf), Adam moments and generator."
@@ -594,10 +636,10 @@ class _UnitState:
     g:torch.Generator
 
 class _Placed:
-    "Move models to `device` (channels_last on CUDA) for a `with` block, then back where they were."
-    def __init__(self, models, device): self.models, self.device = list(models), device
+    "Move models to `device` (channels_last on CUDA, or if `cl`) for a `with` block, then back where they were."
+    def __init__(self, models, device, cl:bool|None=None): self.models, self.device, self.cl = list(models), device, cl
     def __enter__(self):
-        self.prev, self.cl = [next(m.parameters()).device for m in self.models], self.device.type == 'cuda'
+        self.prev, self.cl = [next(m.parameters()).device for m in self.models], self.device.type == 'cuda' if self.cl is None else self.cl
         for m in self.models: m.eval().to(self.device, memory_format=torch.channels_last if self.cl else torch.preserve_format)
         return self
     def __exit__(self, *exc):
@@ -605,10 +647,10 @@ class _Placed:
 
 def _fingerprint(cfg:RecoverConfig, pool:ExpertPool, priors:list, info:DatasetInfo)->dict:
     "What a run's result depends on (for resuming safely)."
-    c = {k: v for k, v in cfg.to_dict().items() if k not in ('checkpoint_every', 'callback_every', 'device', 'amp')}
+    c = {k: v for k, v in cfg.to_dict().items() if k not in ('checkpoint_every', 'callback_every', 'device', 'amp', 'channels_last', 'compile')}
     return json.loads(json.dumps(dict(config=c, experts=pool.names, priors=priors, dataset=info.name, classes=info.class_names)))
 
-# %% ../nbs/04_recover.ipynb #34ac387e
+# %% ../nbs/04_recover.ipynb #494b4d78
 class _Run:
     "One recover run (see `recover`)."
     def __init__(self, pool, data, cfg, out, callbacks, priors, stop_after, quiet):
@@ -619,41 +661,51 @@ class _Run:
         self.roll, self.flip = resolve_roll(cfg.roll, min(self.info.img_size)), resolve_flip(cfg.flip, self.info.name)
         self.plan = committee_plan(pool, cfg, priors)
         self.units = plan_units(self.plan, self.info.num_classes, cfg.classes_per_chunk)
-        self.groups = plan_groups(self.units, cfg.grouped, cfg.max_group)
+        self.groups = plan_groups(self.units, cfg.grouped, cfg.max_group, cfg.mix_committees)
+        self.cl = self.device.type == 'cuda' if cfg.channels_last == 'auto' else cfg.channels_last == 'yes'
         self.fp = _fingerprint(cfg, pool, priors, self.info)
         self.ck = self.out/'checkpoint' if self.out is not None else None
+        self._compiled, self.progress_file = {}, 'progress.safetensors'     # (each process of a distributed run keeps its own)
+
+    def net(self, i:int)->nn.Module:
+        "Expert `i`'s network for the optimisation steps: the model, or (with `compile`) its compiled twin, made once."
+        m = self.pool[i].model
+        if not self.cfg.compile: return m
+        if i not in self._compiled: self._compiled[i] = torch.compile(m)
+        return self._compiled[i]
 
     def fresh(self, u:Unit, bank)->_UnitState:
         g = make_generator(unit_seed(self.cfg.seed, 'unit', u.k, u.chunk))
         x = unit_start(bank, self.info, u.classes, u.k, g).to(self.device)
         return _UnitState(x.requires_grad_(True), torch.zeros_like(x), torch.zeros_like(x), g)
 
-    def step(self, models, hooks, states, W, y, step):
-        "One optimisation step of a group; returns (lr, loss, ce, bn)."
+    def step(self, models, hooks, states, W, y, step, members=None):
+        "One optimisation step of a group (of mixed committees: `members` per unit); returns (lr, loss, ce, bn)."
         cfg, T = self.cfg, self.cfg.iterations
         lr, scale, (H, Wd) = cosine_lr(step, T, cfg.lr), crop_scale(step, T, cfg.min_scale, cfg.cda), self.info.img_size
         params = [draw_augment(len(s.x), H, Wd, cfg.augment == 'shared', scale, self.flip, self.roll, s.g) for s in states]
         xa = augment_batch([s.x for s in states], params)
-        if self.device.type == 'cuda': xa = xa.contiguous(memory_format=torch.channels_last)
-        loss, ce, bn = committee_loss(models, W, xa, y, cfg.r_bn, cfg.first_bn_mul, cfg.bn_norm, len(states), hooks, cfg.amp)
+        if self.cl: xa = xa.contiguous(memory_format=torch.channels_last)
+        if members is None: loss, ce, bn = committee_loss(models, W, xa, y, cfg.r_bn, cfg.first_bn_mul, cfg.bn_norm, len(states), hooks, cfg.amp)
+        else: loss, ce, bn = mixed_committee_loss(models, members, W, xa, y, cfg.r_bn, cfg.first_bn_mul, cfg.bn_norm, hooks, cfg.amp)
         grads = torch.autograd.grad(loss, [s.x for s in states])
         with torch.no_grad():
             for s, gr in zip(states, grads):
                 adam_step(s.x, gr, s.m, s.v, step + 1, lr, cfg.beta1, cfg.beta2); s.x.clamp_(self.lo, self.hi)
         return lr, loss.item(), ce, bn
 
-# %% ../nbs/04_recover.ipynb #219cd37c
+# %% ../nbs/04_recover.ipynb #52ca8cff
 def _save_progress(self:_Run, gi:int, group:list, states:list, step:int):
     "Checkpoint a group in progress: pixels, Adam moments, generator states, step (one atomic file)."
     t = {}
     for u, s in zip(group, states):
         t.update({f'{u.key}.x': s.x.detach(), f'{u.key}.m': s.m, f'{u.key}.v': s.v, f'{u.key}.g': s.g.get_state()})
     t = {k: v.cpu().contiguous() for k, v in t.items()}
-    atomic_write(self.ck/'progress.safetensors', st_save(t, metadata=dict(group=str(gi), step=str(step), units=json.dumps([u.key for u in group]))))
+    atomic_write(self.ck/self.progress_file, st_save(t, metadata=dict(group=str(gi), step=str(step), units=json.dumps([u.key for u in group]))))
 
 def _load_progress(self:_Run, gi:int, group:list):
     "(step, states) of group `gi` from the checkpoint, or None."
-    p = self.ck/'progress.safetensors' if self.ck is not None else None
+    p = self.ck/self.progress_file if self.ck is not None else None
     if p is None or not p.exists(): return None
     with safe_open(str(p), framework='pt') as f:
         meta = f.metadata()
@@ -672,15 +724,29 @@ def _load_done(self:_Run)->dict:
 
 _Run.save_progress, _Run.load_progress, _Run.load_done = _save_progress, _load_progress, _load_done
 
-# %% ../nbs/04_recover.ipynb #f01d9506
+# %% ../nbs/04_recover.ipynb #0c44f94a
+def _step_states(self:_Run, group, states, step, lr, loss, ce, bn, W, y)->list:
+    "What the callbacks see: one `StepState` per committee of the group (a group of mixed committees gives several)."
+    cfg, T, n = self.cfg, self.cfg.iterations, len(group[0].classes)
+    subs = {}
+    for j, u in enumerate(group): subs.setdefault(u.members, []).append(j)
+    if len(subs) == 1: subs, losses = {group[0].members: list(range(len(group)))}, None
+    else: losses = (W.cpu() * (ce.cpu().T + cfg.r_bn * bn.cpu().T)).sum(1)                     # each unit's own objective
+    out = []
+    for members, J in subs.items():
+        out.append(StepState([group[j].key for j in J], [group[j].k for j in J], [group[j].classes for j in J], step, T, lr,
+                             loss if losses is None else float(losses[J].sum()), [self.pool.names[i] for i in members], W[J].cpu(),
+                             ce[:, J].cpu(), bn[:, J].cpu(), torch.cat([states[j].x.detach() for j in J]).cpu(),
+                             torch.cat([y[j * n:(j + 1) * n] for j in J]).cpu(), self.done, self.total))
+    return out
+
 def _after_step(self:_Run, gi, group, states, step, lr, loss, ce, bn, names, W, y):
     "Callbacks, the stop hook and periodic checkpoints."
     cfg, T = self.cfg, self.cfg.iterations
     try:
         if self.callbacks and (step % cfg.callback_every == 0 or step == T):
-            st = StepState([u.key for u in group], [u.k for u in group], [u.classes for u in group], step, T, lr, loss, names,
-                           W.cpu(), ce.cpu(), bn.cpu(), torch.cat([s.x.detach() for s in states]).cpu(), y.cpu(), self.done, self.total)
-            for cb in self.callbacks: cb(st)
+            for st in self.step_states(group, states, step, lr, loss, ce, bn, W, y):
+                for cb in self.callbacks: cb(st)
         if self.stop_after is not None and self.steps >= self.stop_after: raise StopRecover(f'stopped after {self.steps} steps')
     except StopRecover:
         if self.ck is not None: self.save_progress(gi, group, states, step)
@@ -690,28 +756,35 @@ def _after_step(self:_Run, gi, group, states, step, lr, loss, ce, bn, names, W, 
 def _run_group(self:_Run, gi:int, group:list, bank)->dict:
     "Optimise the units of one group to the end; return {key: dict(x, ce, bn)}."
     cfg, T, G = self.cfg, self.cfg.iterations, len(group)
-    models, names = [self.pool[i].model for i in group[0].members], [self.pool.names[i] for i in group[0].members]
+    experts = sorted({i for u in group for i in u.members})
+    mixed = any(u.members != group[0].members for u in group)
+    members = [tuple(experts.index(i) for i in u.members) for u in group] if mixed else None
+    used = experts if mixed else group[0].members
+    models, names = [self.pool[i].model for i in used], [self.pool.names[i] for i in used]
+    nets = [self.net(i) for i in used]                                   # what runs the steps (compiled or not); hooks sit on `models`
     W, y = torch.stack([u.weights for u in group]).to(self.device), torch.tensor([c for u in group for c in u.classes], device=self.device)
     step, states = self.load_progress(gi, group) or (0, [self.fresh(u, bank) for u in group])
     self.done += step; self.bar.update(step)
     with ExitStack() as stack:
         hooks = [stack.enter_context(BNStats(m, G)) for m in models]
         while step < T:
-            lr, loss, ce, bn = self.step(models, hooks, states, W, y, step)
+            lr, loss, ce, bn = self.step(nets, hooks, states, W, y, step, members)
             step += 1; self.steps += 1; self.done += 1; self.bar.update(1)
             self.after_step(gi, group, states, step, lr, loss, ce, bn, names, W, y)
         with torch.no_grad():
-            _, ce_img, bn = committee_loss(models, W, torch.cat([s.x for s in states]), y, cfg.r_bn, cfg.first_bn_mul, cfg.bn_norm, G, hooks, cfg.amp, per_image=True)
+            xf = torch.cat([s.x for s in states])
+            if mixed: _, ce_img, bn = mixed_committee_loss(models, members, W, xf, y, cfg.r_bn, cfg.first_bn_mul, cfg.bn_norm, hooks, cfg.amp, per_image=True)
+            else: _, ce_img, bn = committee_loss(models, W, xf, y, cfg.r_bn, cfg.first_bn_mul, cfg.bn_norm, G, hooks, cfg.amp, per_image=True)
     n, res = len(group[0].classes), {}
     for j, (u, s) in enumerate(zip(group, states)):
         res[u.key] = dict(x=s.x.detach().cpu(), ce=ce_img[:, j * n:(j + 1) * n].cpu(), bn=bn[:, j].cpu())
         if self.ck is not None: atomic_write(self.ck/f'{u.key}.safetensors', st_save({k: v.contiguous() for k, v in res[u.key].items()}))
-    if self.ck is not None and (self.ck/'progress.safetensors').exists(): (self.ck/'progress.safetensors').unlink()
+    if self.ck is not None and (self.ck/self.progress_file).exists(): (self.ck/self.progress_file).unlink()
     return res
 
-_Run.after_step, _Run.run_group = _after_step, _run_group
+_Run.step_states, _Run.after_step, _Run.run_group = _step_states, _after_step, _run_group
 
-# %% ../nbs/04_recover.ipynb #281eff44
+# %% ../nbs/04_recover.ipynb #0ce93c9e
 def _assemble(self:_Run, done:dict, seconds:float)->Recovered:
     "Gather the units' images into a class-major `Recovered`."
     K, ipc, N = self.info.num_classes, self.cfg.ipc, self.cfg.committee_size
@@ -737,7 +810,7 @@ def _call(self:_Run)->Recovered:
     todo = [(gi, g) for gi, g in enumerate(self.groups) if not all(u.key in done for u in g)]
     self.total, self.done = self.cfg.iterations * len(self.groups), self.cfg.iterations * (len(self.groups) - len(todo))
     used = sorted({i for u in self.units for i in u.members})
-    with _Placed([self.pool[i].model for i in used], self.device), progress(total=self.total, initial=self.done, desc='recover', disable=True if self.quiet else None) as self.bar:
+    with _Placed([self.pool[i].model for i in used], self.device, self.cl), progress(total=self.total, initial=self.done, desc='recover', disable=True if self.quiet else None) as self.bar:
         bank = init_bank(self.cfg, self.data, self.pool, self.device) if todo else None
         for gi, g in todo: done.update(self.run_group(gi, g, bank))
     rec = self.assemble(done, time.perf_counter() - t0)
@@ -784,3 +857,35 @@ def initial_images(pool:ExpertPool, data:Data, config:RecoverConfig|dict|None=No
     out = torch.empty(K * cfg.ipc, data.info.channels, *data.info.img_size)
     for u in run.units: out[[c * cfg.ipc + u.k for c in u.classes]] = run.fresh(u, bank).x.detach()
     return out
+
+# %% ../nbs/04_recover.ipynb #bbe9ee8f
+def mixed_committee_loss(models:list,         # every expert the group uses
+                         members:list,        # per unit: its committee as positions in `models`
+                         weights:torch.Tensor,# (units, N) vote weights, in each unit's committee order
+                         x:torch.Tensor,      # the augmented batch, unit after unit (units * n images)
+                         y:torch.Tensor,
+                         r_bn:float=0.01, first_bn_mul:float=10.0, bn_norm:str='none',
+                         hooks:list|None=None,      # `BNStats` entered for `models` (segments are set here)
+                         amp:bool=True, per_image:bool=False):
+    "The summed committee objective of units with different committees; (loss, ce, bn) as `committee_loss`, (N, units)."
+    G, N = len(members), len(members[0]); n = len(x) // G
+    w = torch.as_tensor(weights, dtype=torch.float32, device=x.device)
+    ce_out = torch.zeros(N, G * n if per_image else G, device=x.device); bn_out = torch.zeros(N, G, device=x.device)
+    xu, yu, loss = x.unflatten(0, (G, n)), y.view(G, n), 0
+    with ExitStack() as stack:
+        hooks = hooks or [stack.enter_context(BNStats(m)) for m in models]
+        for e, (m, h) in enumerate(zip(models, hooks)):
+            rows = [j for j, c in enumerate(members) if e in c]
+            if not rows: continue
+            pos = [members[j].index(e) for j in rows]
+            xe = x if len(rows) == G else xu[rows].flatten(0, 1).contiguous(memory_format=torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() else torch.contiguous_format)
+            h.segments = len(rows)
+            with autocast(x.device, amp): logits = m(xe)
+            ce = F.cross_entropy(logits.float(), yu[rows].flatten(), reduction='none')
+            ce_seg, bn = ce.view(len(rows), n).mean(1), h.loss(first_bn_mul, bn_norm)
+            loss = loss + (w[rows, pos] * (ce_seg + r_bn * bn)).sum()
+            bn_out[pos, rows] = bn.detach()
+            if per_image:
+                for r, (j, p) in enumerate(zip(rows, pos)): ce_out[p, j * n:(j + 1) * n] = ce[r * n:(r + 1) * n].detach()
+            else: ce_out[pos, rows] = ce_seg.detach()
+    return loss, ce_out, bn_out

@@ -26,7 +26,7 @@ __all__ = ['MIXES', 'MODES', 'FLIPS', 'STORE_FILE', 'STORE_JSON', 'RelabelConfig
            'compress_logits', 'expand_logits', 'LabelBatch', 'resolve_flip', 'Augmenter', 'OnlineLabeler',
            'images_fingerprint', 'LabelStore', 'relabel', 'store_bytes', 'label_source']
 
-# %% ../nbs/05_relabel.ipynb #282d8839
+# %% ../nbs/05_relabel.ipynb #ae58933d
 MIXES = ('cutmix', 'mixup', 'none')
 MODES = ('stored', 'online')
 FLIPS = ('auto', 'yes', 'no')
@@ -46,9 +46,11 @@ class RelabelConfig(Config):
     bssl:bool = True             # teachers normalise with the batch's statistics (else running statistics)
     seed:int = 0                 # seed of the image order and every augmentation
     mode:str = 'stored'          # 'stored' (one label file per run) or 'online' (teachers run during training)
+    channels_last:str = 'auto'   # teachers in channels-last memory: 'auto' (on CUDA), 'yes' (faster on CPUs too), 'no'
 
     def __post_init__(self):
         check_choice('mix', self.mix, MIXES); check_choice('mode', self.mode, MODES); check_choice('flip', self.flip, FLIPS)
+        check_choice('channels_last', self.channels_last, FLIPS)
         for k in ('epochs', 'batch_size', 'sub_batch'):
             if getattr(self, k) < 1: raise CVDDError(f'RelabelConfig.{k} must be >= 1, got {getattr(self, k)}', f'set {k} to 1 or more')
         if not 0 < self.min_scale <= 1: raise CVDDError(f'min_scale must be in (0, 1], got {self.min_scale}', 'the reference uses 0.08')
@@ -124,21 +126,38 @@ def teacher_logits(model:nn.Module, x:torch.Tensor,
     with bssl_mode(model, bssl), autocast(x.device):
         return torch.cat([model(c).float() for c in x.split(split_sizes(len(x), sub_batch))])
 
-# %% ../nbs/05_relabel.ipynb #52422f74
+# %% ../nbs/05_relabel.ipynb #d503e38e
 class Committee:
     "Teachers with label votes: z = sum_i v_i * logits_i, each teacher on BSSL sub-batches."
-    def __init__(self, models:list, names:list, weights, priors=None, sub_batch:int=8, bssl:bool=True):
+    def __init__(self, models:list, names:list, weights, priors=None, sub_batch:int=8, bssl:bool=True, channels_last:str='auto'):
         self.models, self.names, self.weights = list(models), list(names), torch.as_tensor(weights, dtype=torch.float32)
         self.priors, self.sub_batch, self.bssl = None if priors is None else [float(p) for p in priors], sub_batch, bssl
+        self.channels_last = check_choice('channels_last', channels_last, FLIPS)
         if not len(self.models) == len(self.names) == len(self.weights): raise CVDDError('one name and one weight per teacher', 'check names and priors')
 
     def to(self, device):
         for m in self.models: m.to(device)
         return self
 
+    def cl(self, device)->bool:
+        "Whether the teachers run in channels-last memory on `device`."
+        return torch.device(device).type == 'cuda' if self.channels_last == 'auto' else self.channels_last == 'yes'
+
+    @contextmanager
+    def placed(self, device):
+        "Within the block the teachers sit on `device` (channels-last where `cl`); then they go back as they were."
+        device, prev = torch.device(device), [next(m.parameters()).device for m in self.models]
+        cl = self.cl(device)
+        try:
+            for m in self.models: m.to(device, memory_format=torch.channels_last if cl else torch.preserve_format)
+            yield self
+        finally:
+            for m, d in zip(self.models, prev): m.to(d, memory_format=torch.contiguous_format if cl else torch.preserve_format)
+
     @torch.no_grad()
     def __call__(self, x:torch.Tensor)->torch.Tensor:
         "The committee's float32 logits on the batch `x`."
+        if self.cl(x.device): x = x.contiguous(memory_format=torch.channels_last)
         z = None
         for w, m in zip(self.weights.tolist(), self.models):
             l = w * teacher_logits(m, x, self.sub_batch, self.bssl)
@@ -154,7 +173,7 @@ class Committee:
     def __repr__(self):
         return 'Committee(' + ', '.join(f'{n}: {w:.3f}' for n, w in zip(self.names, self.weights.tolist())) + f'; sub-batch {self.sub_batch}, bssl={self.bssl})'
 
-# %% ../nbs/05_relabel.ipynb #a83420ed
+# %% ../nbs/05_relabel.ipynb #05481344
 def _teacher_list(teachers)->tuple:
     "(models, names, experts or None) of a pool, experts or modules."
     if isinstance(teachers, Committee): return teachers.models, teachers.names, None
@@ -192,7 +211,7 @@ def make_committee(teachers,                       # ExpertPool, list of Expert,
         for t in items:
             if isinstance(t, Expert) and t.name in names: t.check(info)
     p = _resolve_priors(priors, all_names, names)
-    return Committee([models[all_names.index(n)] for n in names], names, label_weights(p, cfg.temperature), p, cfg.sub_batch, cfg.bssl)
+    return Committee([models[all_names.index(n)] for n in names], names, label_weights(p, cfg.temperature), p, cfg.sub_batch, cfg.bssl, cfg.channels_last)
 
 # %% ../nbs/05_relabel.ipynb #80dd5692
 def _rng(*parts)->np.random.Generator: return np.random.default_rng([int(p) for p in parts])
@@ -305,7 +324,7 @@ def expand_logits(d:dict, num_classes:int)->torch.Tensor:
     z = d['rest'].float()[:, None].repeat(1, num_classes)
     return z.scatter_(1, d['indices'].long(), d['values'].float())
 
-# %% ../nbs/05_relabel.ipynb #66b55a06
+# %% ../nbs/05_relabel.ipynb #76a64bdc
 class LabelBatch(NamedTuple):
     "One batch of the replay: what the student sees, its soft logits (None for hard labels), the parameters."
     x:torch.Tensor
@@ -346,6 +365,10 @@ class OnlineLabeler(Augmenter):
         "The committee's logits on `x`, passed through the store's compression."
         z = self.committee.to(x.device)(x)
         return expand_logits(compress_logits(z, self.config.topk), self.num_classes)
+
+    def replay(self, images:torch.Tensor, epoch:int):
+        "Yield a `LabelBatch` per batch of `epoch`; the teachers sit on the images' device (channels-last if set) meanwhile."
+        with self.committee.placed(images.device): yield from super().replay(images, epoch)
 
     def __repr__(self): return f'OnlineLabeler({self.committee}, {self.config.mix}, topk={self.config.topk})'
 
@@ -435,7 +458,7 @@ def _load_store(path:str|Path)->LabelStore:
     return s
 LabelStore.load = staticmethod(_load_store)
 
-# %% ../nbs/05_relabel.ipynb #037561e8
+# %% ../nbs/05_relabel.ipynb #f7d66a6d
 def _empty_store(E, n, B, K, topk, batch_size):
     t = dict(order=torch.zeros(E, n, dtype=torch.int32), crops=torch.zeros(E, n, 4, dtype=torch.int16), flips=torch.zeros(E, n, dtype=torch.bool),
              perm=torch.zeros(E, n, dtype=torch.int16 if batch_size < 16384 else torch.int32), lam=torch.zeros(E, B), box=torch.zeros(E, B, 4, dtype=torch.int16))
@@ -458,16 +481,17 @@ def relabel(images:torch.Tensor,            # normalised float images (N, C, H, 
             priors=None,                    # list (pool order), {name: prior} or None (equal votes)
             names:list|None=None,           # the teachers to use (default: all)
             out:str|Path|None=None,         # folder to save the store into
-            device=None, quiet:bool=True)->LabelStore:
+            device=None, quiet:bool=True,
+            only_epochs:list|None=None)->LabelStore:  # label just these epochs, the rest stay zero (one process's share, see `distributed`)
     "Run the FKD replay once for all epochs and store its parameters and committee labels."
     cfg = as_relabel_config(config); check_images(images, info=info)
     com, aug, device = make_committee(teachers, info, cfg, priors, names), Augmenter(info, cfg), get_device(device)
     n, K, bounds = len(images), info.num_classes, batch_bounds(len(images), cfg.batch_size)
     t, x_all, t0 = _empty_store(cfg.epochs, n, len(bounds), K, cfg.topk, cfg.batch_size), images.detach().to(device), time.perf_counter()
-    com.to(device)
-    for e in progress(range(cfg.epochs), desc='relabel', disable=quiet or None):
-        for b, ((s, _), a) in enumerate(zip(bounds, aug.plan(n, e))):
-            _put(t, e, b, s, a, compress_logits(com(apply_aug(x_all, a)), cfg.topk))
+    with com.placed(device):
+        for e in progress(range(cfg.epochs) if only_epochs is None else list(only_epochs), desc='relabel', disable=quiet or None):
+            for b, ((s, _), a) in enumerate(zip(bounds, aug.plan(n, e))):
+                _put(t, e, b, s, a, compress_logits(com(apply_aug(x_all, a)), cfg.topk))
     meta = dict(config=cfg.to_dict(), n=n, num_classes=K, img_size=list(info.img_size), dataset=info.name, class_names=list(info.class_names),
                 teachers=com.names, weights=com.weights.tolist(), priors=com.priors, flip=aug.flip, images=images_fingerprint(images),
                 seconds=round(time.perf_counter() - t0, 3), versions=versions())
