@@ -4,7 +4,7 @@
 Markdown cells are copied as they are; code cells become ```python blocks and their text outputs follow
 them. Cells marked `#| hide` (or `#| include: false`) are left out, `#| echo: false` hides the code
 but keeps the output. A markdown line `<!-- include: PATH -->` is replaced by the content of PATH
-(relative to the repo root): that is how tables written by benchmarks and runs reach the README
+(relative to the repo root; its headings are demoted two levels): that is how tables written by benchmarks and runs reach the README
 without being typed. `--check` exits 1 when README.md is out of date."""
 import json, re, sys
 from pathlib import Path
@@ -26,7 +26,7 @@ def _include(md):
     def rep(m):
         p = ROOT/m.group(1).strip()
         if not p.exists(): raise SystemExit(f'make_readme: {p} is included by index.ipynb but does not exist')
-        return p.read_text().rstrip('\n')
+        return re.sub(r'^(#+ )', r'##\1', p.read_text().rstrip('\n'), flags=re.M)   # its headings sit under the README's
     return re.sub(r'<!--\s*include:\s*(\S+)\s*-->', rep, md)
 
 def _outputs(c):
