@@ -1,0 +1,276 @@
+"""Accuracy benchmark: does the committee beat a single expert and a random real subset?
+
+For each dataset (fashion_mnist, mnist) and IPC (1, 10, 50) it runs the whole pipeline from `configs/<dataset>_ipc<N>.toml`
+(CV-DD, SRe2L++ = the single best expert, random real subset with soft and with hard labels; a ConvNet-BN and a
+ResNet-18 student; 3 seeds), and trains the same students on the full training data for the upper bound.
+
+    python bench/accuracy.py                  # the whole benchmark (CPU budget: under 2 hours on 2 cores)
+    python bench/accuracy.py --quick          # fashion_mnist, IPC 10, one seed (under 20 minutes on 2 cores)
+    python bench/accuracy.py --ablation       # fashion_mnist IPC 10, one change at a time, scored on a validation split
+    python bench/accuracy.py --device cuda --jobs 8 ...   # on a GPU: several runs at once
+
+Writes bench/results/accuracy{,_quick}.{json,md} or ablation.{json,md} (or --results). Every run lives in its own
+resumable run folder under --work (default bench/.cache/accuracy, git-ignored): an interrupted benchmark picks up
+where it stopped. The experts of a dataset are trained once and shared by all of its runs.
+"""
+from __future__ import annotations
+import argparse, concurrent.futures as cf, copy, json, math, os, platform, statistics, subprocess, sys, time, tomllib
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+import torch
+
+from cvdd_nb.core import atomic_write, load_json, save_json, versions
+from cvdd_nb.data import load_dataset
+from cvdd_nb.experts import ExpertRecipe, train_expert
+from cvdd_nb.evaluate import EvalConfig
+from cvdd_nb.pipeline import RunConfig, holdout, run, student_tag
+
+METHODS = ('cvdd', 'sre2l++', 'random_soft', 'random_hard')
+
+# One change at a time against the defaults of configs/fashion_mnist_ipc10.toml (scored on a validation split held
+# out of the training data, never on the test split). Each entry: name -> (what it tests, overrides).
+ABLATION = {
+    'defaults': ('the shipped config', {}),
+    'init noise': ('SRe2L start: Gaussian noise', {'recover.init': 'noise'}),
+    'init real': ('start from random real images', {'recover.init': 'real'}),
+    'init patches': ('RDED start: 2x2 mosaics of easy real crops', {'recover.init': 'patches'}),
+    'single expert': ('committee of 1: the best expert (SRe2L++)', {'recover.committee_size': 1, 'recover.schedule': 'top'}),
+    'committee 3': ('three experts per image', {'recover.committee_size': 3}),
+    'schedule random': ('a seeded random committee per IPC index', {'recover.schedule': 'random'}),
+    'equal votes': ('every member weighted the same', {'recover.voter': 'equal'}),
+    'temperature 1': ('sharper votes (T = 1)', {'recover.temperature': 1.0}),
+    'temperature 20': ('flatter votes (T = 20)', {'recover.temperature': 20.0}),
+    'prior distill': ('the reference prior: accuracy of each expert\'s own SRe2L++ student', {'priors.mode': 'distill'}),
+    'augment shared': ('one crop for the whole batch (reference)', {'recover.augment': 'shared'}),
+    'cda': ('CDA curriculum of the crop scale', {'recover.cda': True}),
+    'more iterations': ('twice the recover iterations', {'recover.iterations': '2x'}),
+    'fewer iterations': ('half the recover iterations', {'recover.iterations': '0.5x'}),
+    'lr x4': ('4x the recover learning rate', {'recover.lr': '4x'}),
+    'no BN term': ('cross-entropy only (r_bn = 0)', {'recover.r_bn': 0.0}),
+    'no BSSL': ('labels with the running BN statistics', {'relabel.bssl': False}),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------- configs
+def read_config(dataset:str, ipc:int)->dict:
+    p = ROOT/'configs'/f'{dataset}_ipc{ipc}.toml'
+    with open(p, 'rb') as f: return tomllib.load(f)
+
+def set_key(d:dict, key:str, value):
+    "Set a dotted key; '2x' / '0.5x' scale the value already there."
+    *path, last = key.split('.'); node = d
+    for p in path: node = node[int(p)] if isinstance(node, list) else node.setdefault(p, {})
+    if isinstance(node, list): last = int(last)
+    if isinstance(value, str) and value.endswith('x') and value[:-1].replace('.', '', 1).isdigit():
+        old = node[last] if isinstance(node, list) or last in node else node.get(last, RunConfig.from_dict(d).stage_configs()[path[0]].to_dict()[last] if path else None)
+        value = type(old)(old * float(value[:-1]))
+    node[last] = value
+
+def git_commit()->str:
+    if os.environ.get('CVDD_COMMIT'): return os.environ['CVDD_COMMIT']      # a copy of the tree without .git (a remote machine)
+    try: return subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    except Exception: return 'unknown'
+
+def machine(device:str)->str:
+    cpu = platform.processor() or platform.machine()
+    if device.startswith('cuda') and torch.cuda.is_available(): return f'{torch.cuda.get_device_name(0)} ({os.cpu_count()} CPU cores)'
+    return f'{cpu}, {torch.get_num_threads()} thread(s) of {os.cpu_count()} core(s)'
+
+
+# ----------------------------------------------------------------------------------------------------------- runs
+def _run_one(args):
+    "One pipeline run (in a worker process when --jobs > 1)."
+    cfg, out, threads = args
+    if threads: torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    res = run(cfg, out=out)
+    return dict(results=res, wall_s=round(time.perf_counter() - t0, 1))
+
+def run_many(jobs:list, n:int, threads:int, done=None)->list:
+    "Run (cfg, out) jobs, n at a time in fresh processes (n = 1: here, in order); `done(i, result)` as each one ends."
+    outs = [None] * len(jobs)
+    if n <= 1:
+        for i, (c, o) in enumerate(jobs):
+            outs[i] = _run_one((c, o, threads))
+            if done: done(i, outs[i])
+        return outs
+    ctx = __import__('multiprocessing').get_context('spawn')
+    with cf.ProcessPoolExecutor(n, mp_context=ctx) as ex:
+        futs = {ex.submit(_run_one, (c, o, threads)): i for i, (c, o) in enumerate(jobs)}
+        for f in cf.as_completed(futs):
+            i = futs[f]; outs[i] = f.result()
+            if done: done(i, outs[i])
+    return outs
+
+def pool_config(cfg:dict, work:Path)->tuple:
+    "The config that trains a dataset's shared experts, and the folder they land in."
+    c = copy.deepcopy(cfg); c['name'] = f"{cfg['dataset']}-experts"
+    return c, work/cfg['dataset']/'experts-run'
+
+def with_pool(cfg:dict, work:Path)->dict:
+    c = copy.deepcopy(cfg); c.setdefault('experts', {})['pool'] = str((work/cfg['dataset']/'experts-run'/'experts').resolve()); return c
+
+def full_data(dataset:str, student:dict, epochs:int, work:Path, device:str, root:str='')->dict:
+    "A student trained on the whole training set (hard labels, the experts' recipe): the upper bound."
+    s = EvalConfig.from_dict(student); tag = student_tag(s)
+    p = work/dataset/'full'/f'{tag}.json'
+    if p.exists(): return load_json(p)
+    data = load_dataset(dataset, root=root or None); t0 = time.perf_counter()
+    e = train_expert(s.student, data, ExpertRecipe(epochs=epochs, batch_size=128), width=s.width, seed=0,
+                     device=None if device == 'auto' else device, arch_kw=s.student_kw or None, quiet=True)
+    r = dict(dataset=dataset, student=tag, epochs=epochs, acc=round(e.meta.test_acc, 2), train_images=len(data.train), seconds=round(time.perf_counter() - t0, 1))
+    save_json(p, r); return r
+
+
+# ----------------------------------------------------------------------------------------------------------- tables
+def fmt(m:dict|None)->str:
+    if not m: return '-'
+    return f"{m['acc_mean']:.2f} ± {m['acc_std']:.2f}" if len(m['accs']) > 1 else f"{m['acc_mean']:.2f}"
+
+def budget_line(cfg:dict)->str:
+    sc = RunConfig.from_dict(cfg).stage_configs(); ex, rc = sc['experts'], sc['recover']
+    st = ', '.join(f'{student_tag(s)} {s.epochs} ep' for s in sc['students'])
+    sub = f' on {ex.train_per_class}/class' if ex.train_per_class else ''
+    return (f"experts {len(ex.archs)} x {ex.epochs} ep{sub}; recover {rc.iterations} it ({rc.init} init, committee {rc.committee_size}, "
+            f"{rc.schedule}, T={rc.temperature:g}); students {st}; seeds {len(sc['evaluate'].seeds)}")
+
+def accuracy_markdown(rows:list, meta:dict)->str:
+    md = [f"# Accuracy benchmark ({meta['mode']})", '',
+          f"Final-epoch top-1 accuracy (%) on the real test split, mean ± std over seeds. Command: `{meta['command']}` at commit "
+          f"`{meta['commit']}`, {meta['machine']}, {meta['wall_s'] / 60:.1f} min in all. Full data: the same student trained on the "
+          'whole training set with hard labels (one seed).', '',
+          '| dataset | IPC | student | CV-DD | SRe2L++ | random soft | random hard | full data | CV-DD - SRe2L++ | CV-DD - random soft |',
+          '|---|---|---|---|---|---|---|---|---|---|']
+    for r in rows:
+        m = r['methods']; d = lambda a, b: f"{m[a]['acc_mean'] - m[b]['acc_mean']:+.2f}" if a in m and b in m else '-'
+        md.append(f"| {r['dataset']} | {r['ipc']} | {r['student']} | {fmt(m.get('cvdd'))} | {fmt(m.get('sre2l++'))} | {fmt(m.get('random_soft'))} | "
+                  f"{fmt(m.get('random_hard'))} | {r['full'] if r['full'] is not None else '-'} | {d('cvdd', 'sre2l++')} | {d('cvdd', 'random_soft')} |")
+    md += ['', '## Budgets (from the configs)', '', '| config | budget | wall (min) |', '|---|---|---|']
+    md += [f"| `{b['config']}` | {b['budget']} | {b['wall_s'] / 60:.1f} |" for b in meta['budgets']]
+    return '\n'.join(md) + '\n'
+
+def ablation_markdown(rows:list, meta:dict)->str:
+    base = next(r for r in rows if r['name'] == 'defaults')['acc_mean']
+    md = [f"# Ablation: fashion_mnist, IPC {meta['ipc']}, one change at a time", '',
+          f"CV-DD accuracy (%) of a {meta['student']} student on a validation split of {meta['valid']} training images per class "
+          f"(held out of training; the test split is never used here), mean ± std over {meta['seeds']} seed(s). "
+          f"Defaults: {meta['budget']}. Command: `{meta['command']}` at commit `{meta['commit']}`, {meta['machine']}, "
+          f"{meta['wall_s'] / 60:.1f} min.", '',
+          '| variant | what changes | CV-DD | vs defaults |', '|---|---|---|---|']
+    for r in rows:
+        md.append(f"| {r['name']} | {r['what']} | {r['acc_mean']:.2f} ± {r['acc_std']:.2f} | {r['acc_mean'] - base:+.2f} |")
+    if meta.get('baselines'):
+        md += ['', 'Baselines on the same validation split, with the defaults: ' +
+               ', '.join(f"{k} {v['acc_mean']:.2f} ± {v['acc_std']:.2f}" for k, v in meta['baselines'].items()) + '.']
+    return '\n'.join(md) + '\n'
+
+
+# ----------------------------------------------------------------------------------------------------------- modes
+def benchmark(a)->None:
+    quick = a.quick
+    datasets, ipcs = (['fashion_mnist'], [10]) if quick else (a.datasets, a.ipcs)
+    work = Path(a.work); t0 = time.perf_counter()
+    cfgs = {}
+    for ds in datasets:
+        for ipc in ipcs:
+            c = read_config(ds, ipc); c['device'] = a.device
+            if a.root.get(ds): c['root'] = a.root[ds]
+            if quick: c['evaluate']['seeds'] = c['evaluate']['seeds'][:1]; c['name'] += '-quick'
+            for kv in a.set: set_key(c, *parse_kv(kv))
+            cfgs[ds, ipc] = c
+    # 1. the experts of each dataset, once (their settings must agree across the dataset's configs)
+    for ds in datasets:
+        ex = {json.dumps(cfgs[ds, i].get('experts', {}), sort_keys=True) for i in ipcs}
+        if len(ex) > 1: sys.exit(f'the configs of {ds} train different experts ({ex}); give them the same [experts] table')
+        pc, out = pool_config(cfgs[ds, ipcs[0]], work)
+        run(pc, out=out, until='experts')
+    # 2. the runs (shared experts), then 3. the full-data upper bounds
+    keys = list(cfgs)
+    outs = run_many([(with_pool(cfgs[k], work), work/k[0]/f"{cfgs[k]['name']}") for k in keys], a.jobs, a.threads)
+    budgets, rows = [], []
+    for k, o in zip(keys, outs):
+        budgets.append(dict(config=f'configs/{k[0]}_ipc{k[1]}.toml', budget=budget_line(cfgs[k]), wall_s=o['wall_s']))
+        sc = RunConfig.from_dict(cfgs[k]).stage_configs()
+        for s in sc['students']:
+            tag = student_tag(s)
+            full = full_data(k[0], s.to_dict(), a.full_epochs, work, a.device, a.root.get(k[0], '')) if a.full_epochs else None
+            rows.append(dict(dataset=k[0], ipc=k[1], student=tag, methods=o['results']['by_student'][tag],
+                             full=full['acc'] if full else None, full_epochs=a.full_epochs))
+    meta = dict(mode='quick' if quick else 'full', command=' '.join(['python', 'bench/accuracy.py', *sys.argv[1:]]), commit=git_commit(),
+                machine=machine(a.device), versions=versions(), wall_s=round(time.perf_counter() - t0, 1), budgets=budgets)
+    name = a.results or str(HERE/'results'/('accuracy_quick' if quick else 'accuracy'))
+    save_json(name + '.json', dict(meta=meta, rows=rows))
+    atomic_write(name + '.md', accuracy_markdown(rows, meta))
+    print(Path(name + '.md').read_text())
+
+def ablation(a)->None:
+    work, t0 = Path(a.work)/'ablation', time.perf_counter()
+    base = read_config('fashion_mnist', a.ablation_ipc); base['device'] = a.device; base['valid'] = a.valid
+    if a.root.get('fashion_mnist'): base['root'] = a.root['fashion_mnist']
+    base['evaluate']['students'] = []                       # the ConvNet student only
+    if a.seeds: base['evaluate']['seeds'] = a.seeds
+    for kv in a.set: set_key(base, *parse_kv(kv))
+    variants = dict(ABLATION)
+    if a.variants:
+        with open(a.variants, 'rb') as f: variants = {k: (v.pop('what', k), v) for k, v in tomllib.load(f).items()}
+    if a.only: variants = {k: v for k, v in variants.items() if k in a.only or k == 'defaults'}
+    pc, out = pool_config(base, work); run(pc, out=out, until='experts')
+    jobs, names = [], []
+    for name, (what, over) in variants.items():
+        c = with_pool(base, work); c['name'] = 'abl-' + name.replace(' ', '-')
+        c['evaluate']['methods'] = list(METHODS) if name == 'defaults' else ['cvdd']
+        for k, v in over.items(): set_key(c, k, v)
+        jobs.append((c, work/c['name'])); names.append((name, what))
+    name, outs = a.results or str(HERE/'results'/'ablation'), [None] * len(jobs)
+
+    def write(i=None, o=None):                  # after every finished variant: a partial table is never lost
+        if i is not None: outs[i] = o
+        rows = [dict(name=n, what=w, **{k: o['results']['methods']['cvdd'][k] for k in ('acc_mean', 'acc_std', 'accs')}, wall_s=o['wall_s'],
+                     overrides=variants[n][1]) for (n, w), o in zip(names, outs) if o is not None]
+        if outs[0] is None: return
+        d = outs[0]['results']
+        meta = dict(ipc=a.ablation_ipc, valid=a.valid, student=student_tag(EvalConfig.from_dict(base['evaluate']['student'])),
+                    seeds=len(RunConfig.from_dict(base).stage_configs()['evaluate'].seeds), budget=budget_line(base),
+                    baselines={m: d['methods'][m] for m in METHODS[1:] if m in d['methods']}, complete=all(x is not None for x in outs),
+                    command=' '.join(['python', 'bench/accuracy.py', *sys.argv[1:]]), commit=git_commit(), machine=machine(a.device),
+                    versions=versions(), wall_s=round(time.perf_counter() - t0, 1))
+        save_json(name + '.json', dict(meta=meta, rows=rows))
+        atomic_write(name + '.md', ablation_markdown(rows, meta))
+        return meta
+    run_many(jobs, a.jobs, a.threads, write)
+    write(); print(Path(name + '.md').read_text())
+
+def parse_kv(s:str)->tuple:
+    k, _, v = s.partition('=')
+    try: v = tomllib.loads(f'v = {v}')['v']
+    except tomllib.TOMLDecodeError: pass
+    return k, v
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--quick', action='store_true', help='fashion_mnist, IPC 10, one seed')
+    p.add_argument('--ablation', action='store_true', help='one change at a time at fashion_mnist IPC 10, on a validation split')
+    p.add_argument('--datasets', nargs='+', default=['fashion_mnist', 'mnist'])
+    p.add_argument('--ipcs', nargs='+', type=int, default=[1, 10, 50])
+    p.add_argument('--full-epochs', type=int, default=1, help='epochs of the full-data upper bound (0: skip it)')
+    p.add_argument('--ablation-ipc', type=int, default=10)
+    p.add_argument('--valid', type=int, default=500, help='ablation: training images per class held out as the validation split')
+    p.add_argument('--seeds', nargs='+', type=int, default=None, help='ablation: student seeds (default: the config\'s)')
+    p.add_argument('--variants', default='', help='ablation: a TOML file of [name] tables of dotted overrides (instead of the built-in list)')
+    p.add_argument('--only', nargs='+', default=None, help='ablation: run only these variants (and the defaults)')
+    p.add_argument('--set', nargs='*', default=[], metavar='KEY=VALUE', help='overrides for every config, e.g. recover.iterations=100')
+    p.add_argument('--root', nargs='*', default=[], metavar='DATASET=DIR', help='dataset folders, e.g. fashion_mnist=/data/fmnist')
+    p.add_argument('--device', default='auto')
+    p.add_argument('--jobs', type=int, default=1, help='runs at a time, each in its own process')
+    p.add_argument('--threads', type=int, default=0, help='torch threads per run (0: torch default)')
+    p.add_argument('--work', default=str(HERE/'.cache'/'accuracy'), help='run folders (resumable)')
+    p.add_argument('--results', default='', help='output path without extension')
+    a = p.parse_args(argv)
+    a.root = dict(r.split('=', 1) for r in a.root)
+    ablation(a) if a.ablation else benchmark(a)
+
+if __name__ == '__main__': main()
