@@ -72,7 +72,9 @@ def set_key(d:dict, key:str, value):
 
 def git_commit()->str:
     if os.environ.get('CVDD_COMMIT'): return os.environ['CVDD_COMMIT']      # a copy of the tree without .git (a remote machine)
-    try: return subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        git = lambda *a: subprocess.run(['git', *a], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        return git('rev-parse', '--short', 'HEAD') + ('+uncommitted changes' if git('status', '--porcelain', '--untracked-files=no') else '')
     except Exception: return 'unknown'
 
 def machine(device:str)->str:
@@ -135,11 +137,11 @@ def budget_line(cfg:dict)->str:
     sc = RunConfig.from_dict(cfg).stage_configs(); ex, rc = sc['experts'], sc['recover']
     st = ', '.join(f'{student_tag(s)} {s.epochs} ep' for s in sc['students'])
     sub = f' on {ex.train_per_class}/class' if ex.train_per_class else ''
-    return (f"experts {len(ex.archs)} x {ex.epochs} ep{sub}; recover {rc.iterations} it ({rc.init} init, committee {rc.committee_size}, "
+    return (f"experts {len(ex.archs)} x {ex.epochs} ep{sub}; priors {sc['priors'].mode}; recover {rc.iterations} it ({rc.init} init, committee {rc.committee_size}, "
             f"{rc.schedule}, T={rc.temperature:g}); students {st}; seeds {len(sc['evaluate'].seeds)}")
 
 def accuracy_markdown(rows:list, meta:dict)->str:
-    md = [f"# Accuracy benchmark ({meta['mode']})", '',
+    md = [f"# Accuracy benchmark ({meta['mode']}{'' if meta.get('complete', True) else ', partial: the runs finished so far'})", '',
           f"Final-epoch top-1 accuracy (%) on the real test split, mean ± std over seeds. Command: `{meta['command']}` at commit "
           f"`{meta['commit']}`, {meta['machine']}, {meta['wall_s'] / 60:.1f} min in all. Full data: the same student trained on the "
           'whole training set with hard labels (one seed).', '',
@@ -188,23 +190,30 @@ def benchmark(a)->None:
         if len(ex) > 1: sys.exit(f'the configs of {ds} train different experts ({ex}); give them the same [experts] table')
         pc, out = pool_config(cfgs[ds, ipcs[0]], work)
         run(pc, out=out, until='experts')
-    # 2. the runs (shared experts), then 3. the full-data upper bounds
-    keys = list(cfgs)
-    outs = run_many([(with_pool(cfgs[k], work), work/k[0]/f"{cfgs[k]['name']}") for k in keys], a.jobs, a.threads)
-    budgets, rows = [], []
-    for k, o in zip(keys, outs):
-        budgets.append(dict(config=f'configs/{k[0]}_ipc{k[1]}.toml', budget=budget_line(cfgs[k]), wall_s=o['wall_s']))
-        sc = RunConfig.from_dict(cfgs[k]).stage_configs()
+    # 1b. the distill priors of each dataset, once, before runs start side by side (they are cached beside the experts)
+    for ds in datasets:
+        c = with_pool(cfgs[ds, ipcs[0]], work); run(c, out=work/ds/c['name'], until='priors')
+    # 2. the runs (shared experts), each adding its rows (and its students' full-data upper bounds) as it ends
+    keys = list(cfgs); name = a.results or str(HERE/'results'/('accuracy_quick' if quick else 'accuracy'))
+    outs, done_rows = [None] * len(keys), {}
+
+    def done(i, o):
+        k = keys[i]; outs[i] = o
+        sc = RunConfig.from_dict(cfgs[k]).stage_configs(); rows = []
         for s in sc['students']:
             tag = student_tag(s)
             full = full_data(k[0], s.to_dict(), a.full_epochs, work, a.device, a.root.get(k[0], '')) if a.full_epochs else None
             rows.append(dict(dataset=k[0], ipc=k[1], student=tag, methods=o['results']['by_student'][tag],
                              full=full['acc'] if full else None, full_epochs=a.full_epochs))
-    meta = dict(mode='quick' if quick else 'full', command=' '.join(['python', 'bench/accuracy.py', *sys.argv[1:]]), commit=git_commit(),
-                machine=machine(a.device), versions=versions(), wall_s=round(time.perf_counter() - t0, 1), budgets=budgets)
-    name = a.results or str(HERE/'results'/('accuracy_quick' if quick else 'accuracy'))
-    save_json(name + '.json', dict(meta=meta, rows=rows))
-    atomic_write(name + '.md', accuracy_markdown(rows, meta))
+        done_rows[k] = rows
+        order = sorted(done_rows, key=lambda k: (datasets.index(k[0]), k[1]))
+        budgets = [dict(config=f'configs/{k[0]}_ipc{k[1]}.toml', budget=budget_line(cfgs[k]), wall_s=outs[keys.index(k)]['wall_s']) for k in order]
+        meta = dict(mode='quick' if quick else 'full', complete=len(done_rows) == len(keys), command=' '.join(['python', 'bench/accuracy.py', *sys.argv[1:]]),
+                    commit=git_commit(), machine=machine(a.device), versions=versions(), wall_s=round(time.perf_counter() - t0, 1), budgets=budgets)
+        allrows = [r for k in order for r in done_rows[k]]
+        save_json(name + '.json', dict(meta=meta, rows=allrows))
+        atomic_write(name + '.md', accuracy_markdown(allrows, meta))
+    run_many([(with_pool(cfgs[k], work), work/k[0]/f"{cfgs[k]['name']}") for k in keys], a.jobs, a.threads, done)
     print(Path(name + '.md').read_text())
 
 def ablation(a)->None:
@@ -255,8 +264,8 @@ def main(argv=None):
     p.add_argument('--quick', action='store_true', help='fashion_mnist, IPC 10, one seed')
     p.add_argument('--ablation', action='store_true', help='one change at a time at fashion_mnist IPC 10, on a validation split')
     p.add_argument('--datasets', nargs='+', default=['fashion_mnist', 'mnist'])
-    p.add_argument('--ipcs', nargs='+', type=int, default=[1, 10, 50])
-    p.add_argument('--full-epochs', type=int, default=1, help='epochs of the full-data upper bound (0: skip it)')
+    p.add_argument('--ipcs', nargs='+', type=int, default=[10, 1, 50], help='run order (IPC 10 first: it computes the distill priors the others reuse)')
+    p.add_argument('--full-epochs', type=int, default=None, help='epochs of the full-data upper bound (0: skip it; default 1, 0 with --quick)')
     p.add_argument('--ablation-ipc', type=int, default=10)
     p.add_argument('--valid', type=int, default=500, help='ablation: training images per class held out as the validation split')
     p.add_argument('--seeds', nargs='+', type=int, default=None, help='ablation: student seeds (default: the config\'s)')
@@ -270,6 +279,7 @@ def main(argv=None):
     p.add_argument('--work', default=str(HERE/'.cache'/'accuracy'), help='run folders (resumable)')
     p.add_argument('--results', default='', help='output path without extension')
     a = p.parse_args(argv)
+    if a.full_epochs is None: a.full_epochs = 0 if a.quick else 1      # --quick leaves out the full-data bound unless asked
     a.root = dict(r.split('=', 1) for r in a.root)
     ablation(a) if a.ablation else benchmark(a)
 

@@ -1,0 +1,44 @@
+"The accuracy benchmark script: tiny budgets on digits, end to end, resumable, and its tables read back."
+import json, os, subprocess, sys
+from pathlib import Path
+import fastcore.test as fct
+from cvdd_nb.core import load_json
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, 'CVDD_PROGRESS': '0', 'OMP_NUM_THREADS': '1'}
+TINY = ['experts.epochs=3', 'experts.train_per_class=0', "experts.archs=['convnet:0.25','resnet18:0.125']", 'recover.iterations=4', 'priors.mode="accuracy"',
+        'evaluate.student.epochs=2', 'evaluate.student.width=0.25', 'evaluate.seeds=[0]']
+
+def _bench(*args):
+    r = subprocess.run([sys.executable, str(ROOT/'bench'/'accuracy.py'), *args], capture_output=True, text=True, env=ENV, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+def test_benchmark_tables(tmp_path):
+    args = ['--datasets', 'digits', '--ipcs', '1', '--full-epochs', '1', '--work', str(tmp_path/'work'), '--results', str(tmp_path/'acc'),
+            '--set', *TINY, "evaluate.students=[{student='resnet18',width=0.125,epochs=2}]"]
+    _bench(*args)
+    res = load_json(tmp_path/'acc.json', dict(meta=dict, rows=list))
+    fct.test_eq([(r['dataset'], r['ipc'], r['student']) for r in res['rows']], [('digits', 1, 'convnet-w0.25'), ('digits', 1, 'resnet18-w0.125')])
+    run = load_json(tmp_path/'work/digits/digits-ipc1/results.json')
+    for r in res['rows']:                                      # the table is the run's results, per student
+        fct.test_eq(r['methods'], run['by_student'][r['student']])
+        fct.test_eq(set(r['methods']), {'cvdd', 'sre2l++', 'random_soft', 'random_hard'})
+        assert 0 <= r['full'] <= 100
+    assert res['meta']['complete'] and res['meta']['budgets'][0]['config'] == 'configs/digits_ipc1.toml'
+    md = (tmp_path/'acc.md').read_text()
+    assert '| digits | 1 | resnet18-w0.125 |' in md and 'experts 2 x 3 ep' in md
+    # a second call finds every run finished and recomputes nothing: same numbers
+    _bench(*args)
+    fct.test_eq(load_json(tmp_path/'acc.json')['rows'], res['rows'])
+
+def test_ablation_one_change_at_a_time(tmp_path):
+    _bench('--ablation', '--only', 'init noise', '--ablation-ipc', '1', '--valid', '20', '--work', str(tmp_path/'work'),
+           '--results', str(tmp_path/'abl'), '--set', 'dataset="digits"', *TINY)
+    res = load_json(tmp_path/'abl.json', dict(meta=dict, rows=list))
+    fct.test_eq([r['name'] for r in res['rows']], ['defaults', 'init noise'])
+    fct.test_eq(res['rows'][1]['overrides'], {'recover.init': 'noise'})
+    assert set(res['meta']['baselines']) == {'sre2l++', 'random_soft', 'random_hard'} and res['meta']['valid'] == 20
+    cfg = load_json(tmp_path/'work/ablation/abl-init-noise/manifest.json')['config']
+    fct.test_eq((cfg['recover']['init'], cfg['valid'], cfg['evaluate']['methods']), ('noise', 20, ['cvdd']))
+    assert 'validation split of 20 training images per class' in (tmp_path/'abl.md').read_text()
