@@ -110,7 +110,8 @@ def run_many(jobs:list, n:int, threads:int, done=None)->list:
 
 def pool_config(cfg:dict, work:Path)->tuple:
     "The config that trains a dataset's shared experts, and the folder they land in."
-    c = copy.deepcopy(cfg); c['name'] = f"{cfg['dataset']}-experts"
+    keep = ('dataset', 'root', 'seed', 'valid', 'device', 'experts')          # only what the experts depend on
+    c = {k: copy.deepcopy(cfg[k]) for k in keep if k in cfg}; c['name'] = f"{cfg['dataset']}-experts"
     return c, work/cfg['dataset']/'experts-run'
 
 def with_pool(cfg:dict, work:Path)->dict:
