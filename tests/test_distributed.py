@@ -3,29 +3,19 @@ import os, subprocess, sys
 import pytest, torch
 import fastcore.test as fct
 from cvdd_nb.core import CVDDError
-from cvdd_nb.data import load_dataset
-from cvdd_nb.experts import ExpertPool, train_expert
+from cvdd_nb.experts import train_expert
 from cvdd_nb.recover import Recovered, RecoverConfig, recover
 from cvdd_nb.relabel import LabelStore, relabel
 from cvdd_nb.evaluate import train_student
 from cvdd_nb.distributed import (DistEnv, all_gather, broadcast, ddp_train_expert, ddp_train_student, distributed_recover,
                                  distributed_relabel, init_distributed, launch_local, shard)
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    "Bit-identity needs the same intra-op thread count in every process: one, as torchrun and launch_local use."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')     # bit-identity: the same thread count as torchrun and launch_local use
 
 @pytest.fixture(scope='module')
-def data(): return load_dataset('digits')
-
-@pytest.fixture(scope='module')
-def pool(data):
-    return ExpertPool([train_expert('convnet', data, dict(epochs=3), width=0.25, seed=0, name='convnet', quiet=True),
-                       train_expert('convnet', data, dict(epochs=3), width=0.5, seed=2, name='convnet_d2', arch_kw=dict(depth=2), quiet=True),
-                       train_expert('resnet18', data, dict(epochs=3), width=0.125, seed=1, name='resnet18', quiet=True)])
+def pool(data, make_pool):
+    return make_pool(data, [('convnet', 'convnet', 0.25, 3, 0, None), ('convnet_d2', 'convnet', 0.5, 3, 2, dict(depth=2)),
+                            ('resnet18', 'resnet18', 0.125, 3, 1, None)])
 
 RCFG = RecoverConfig(ipc=3, iterations=6, min_scale=0.5)     # pairs of 3 experts: 3 units, committees (0, 1), (0, 2), (1, 2)
 MIX = dict(grouped=True, mix_committees=True, max_group=2)    # groups [k0, k1] (expert 0 runs on both units at once), [k2]

@@ -4,8 +4,8 @@ import pytest, torch
 import torch.nn.functional as F
 import fastcore.test as fct
 from cvdd_nb.core import CVDDError
-from cvdd_nb.data import load_dataset, normalize, per_class_subset
-from cvdd_nb.experts import ExpertPool, evaluate_model, train_expert
+from cvdd_nb.data import normalize, per_class_subset
+from cvdd_nb.experts import evaluate_model
 from cvdd_nb.models import create_model
 from cvdd_nb.relabel import Augmenter, LabelStore, OnlineLabeler, RelabelConfig, make_committee, relabel
 from cvdd_nb.evaluate import (DistilledSet, EvalConfig, EvalResult, ResultsTable, baseline_sets, compare, distill_priors, evaluate_set,
@@ -14,17 +14,7 @@ from cvdd_nb.evaluate import (DistilledSet, EvalConfig, EvalResult, ResultsTable
 PRIORS = [80.0, 90.0]
 
 @pytest.fixture(scope='module')
-def data(): return load_dataset('digits')
-
-@pytest.fixture(scope='module')
-def pool(data):
-    return ExpertPool([train_expert('convnet', data, dict(epochs=2), width=0.25, seed=0, name='a', quiet=True),
-                       train_expert('convnet', data, dict(epochs=2), width=0.5, seed=1, name='b', quiet=True)])
-
-@pytest.fixture(scope='module')
-def xy(data):
-    s = per_class_subset(data.train, 3, seed=0)
-    return normalize(s.x, data.info), s.y
+def pool(data, make_pool): return make_pool(data, [('a', 'convnet', 0.25, 2, 0, None), ('b', 'convnet', 0.5, 2, 1, None)])
 
 def test_kd_loss_is_batchmean_kl_without_t2():
     torch.manual_seed(0); s, z = torch.randn(5, 7, dtype=torch.float64) * 3, torch.randn(5, 7, dtype=torch.float64) * 3

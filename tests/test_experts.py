@@ -9,9 +9,6 @@ from cvdd_nb.experts import Expert, ExpertPool, train_expert, train_pool, evalua
 from cvdd_nb.models import create_model
 
 @pytest.fixture(scope='module')
-def data(): return load_dataset('digits')
-
-@pytest.fixture(scope='module')
 def expert(data): return train_expert('convnet', data, dict(epochs=3), width=0.25, seed=1, quiet=True)
 
 def test_expert_learns_and_records_its_recipe(expert, data):

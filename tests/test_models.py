@@ -14,10 +14,7 @@ SMALL = ['convnet', 'resnet18', 'resnet50', 'mobilenetv2', 'shufflenetv2', 'dens
 SHAPES = [(1, 8), (1, 28), (3, 32)]
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    "Tiny forwards: 1 thread avoids OpenMP stalls when the 2 cores are busy."
-    n = torch.get_num_threads(); torch.set_num_threads(1); yield; torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')     # tiny forwards: 1 thread avoids OpenMP stalls on 2 busy cores
 
 
 def shapes(m): return {k: tuple(v.shape) for k, v in m.state_dict().items()}

@@ -4,28 +4,19 @@ import pytest, torch
 import torch.nn.functional as F
 import fastcore.test as fct
 from cvdd_nb.core import CVDDError, make_generator
-from cvdd_nb.data import load_dataset, pixel_bounds
+from cvdd_nb.data import pixel_bounds
 from cvdd_nb.models import bn_layers, create_model
 from cvdd_nb.experts import ExpertPool, train_expert
 from cvdd_nb.recover import (BNStats, History, Recovered, RecoverConfig, StopRecover, committee_loss, committee_plan,
                              committee_schedule, compute_priors, draw_augment, init_bank, initial_images, recover, unit_seed, vote_weights)
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    "Tiny tensors: one intra-op thread is fastest, and immune to oversubscription on a busy 2-core machine (250 s -> 35 s here)."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')     # one thread: 250 s -> 35 s on a busy 2-core machine
 
 @pytest.fixture(scope='module')
-def data(): return load_dataset('digits')
-
-@pytest.fixture(scope='module')
-def pool(data):
+def pool(data, make_pool):
     "Three tiny experts of two architectures (a few seconds)."
-    spec = [('convnet', 'convnet', 0.25, 4, None), ('convnet_d2', 'convnet', 0.5, 4, dict(depth=2)), ('resnet18', 'resnet18', 0.125, 6, None)]
-    return ExpertPool([train_expert(a, data, dict(epochs=ep), width=w, seed=i, name=n, arch_kw=kw, quiet=True)
-                       for i, (n, a, w, ep, kw) in enumerate(spec)])
+    return make_pool(data, [('convnet', 'convnet', 0.25, 4, 0, None), ('convnet_d2', 'convnet', 0.5, 4, 1, dict(depth=2)),
+                            ('resnet18', 'resnet18', 0.125, 6, 2, None)])
 
 # small runs shared by several tests
 SMALL = dict(ipc=2, iterations=30, min_scale=0.5, checkpoint_every=7, callback_every=1)

@@ -5,8 +5,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import fastcore.test as fct
 from cvdd_nb.core import CVDDError
-from cvdd_nb.data import load_dataset, normalize, per_class_subset
-from cvdd_nb.experts import ExpertPool, train_expert
+from cvdd_nb.experts import ExpertPool
 from cvdd_nb.models import create_model
 from cvdd_nb.relabel import (Augmenter, BatchAug, LabelStore, OnlineLabeler, RelabelConfig, apply_aug, batch_bounds, bssl_mode,
                              compress_logits, crop_flip, draw_batch, expand_logits, label_source, label_weights, make_committee,
@@ -15,17 +14,7 @@ from cvdd_nb.relabel import (Augmenter, BatchAug, LabelStore, OnlineLabeler, Rel
 PRIORS = [80.0, 90.0]
 
 @pytest.fixture(scope='module')
-def data(): return load_dataset('digits')
-
-@pytest.fixture(scope='module')
-def pool(data):
-    return ExpertPool([train_expert('convnet', data, dict(epochs=2), width=0.25, seed=0, name='a', quiet=True),
-                       train_expert('resnet18', data, dict(epochs=3), width=0.125, seed=1, name='b', quiet=True)])
-
-@pytest.fixture(scope='module')
-def xy(data):
-    s = per_class_subset(data.train, 3, seed=0)
-    return normalize(s.x, data.info), s.y
+def pool(data, make_pool): return make_pool(data, [('a', 'convnet', 0.25, 2, 0, None), ('b', 'resnet18', 0.125, 3, 1, None)])
 
 class DropNet(nn.Module):
     def __init__(self):

@@ -19,12 +19,7 @@ import cvdd_nb.recover as R
 
 ENV = {**os.environ, 'CVDD_PROGRESS': '0', 'OMP_NUM_THREADS': '1', 'HF_HUB_OFFLINE': '1'}
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    n = torch.get_num_threads(); torch.set_num_threads(1); yield; torch.set_num_threads(n)
-
-@pytest.fixture(scope='module')
-def data(): return load_dataset('digits')
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 @pytest.fixture(scope='module')
 def pool_dir(data, tmp_path_factory):
