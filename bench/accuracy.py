@@ -27,7 +27,7 @@ from cvdd_nb.core import atomic_write, load_json, save_json, versions
 from cvdd_nb.data import load_dataset
 from cvdd_nb.experts import ExpertRecipe, train_expert
 from cvdd_nb.evaluate import EvalConfig
-from cvdd_nb.pipeline import RunConfig, holdout, run, student_tag
+from cvdd_nb.pipeline import RunConfig, parse_override, run, student_tag
 
 METHODS = ('cvdd', 'sre2l++', 'random_soft', 'random_hard')
 
@@ -183,7 +183,7 @@ def benchmark(a)->None:
             c = read_config(ds, ipc); c['device'] = a.device
             if a.root.get(ds): c['root'] = a.root[ds]
             if quick: c['evaluate']['seeds'] = c['evaluate']['seeds'][:1]; c['name'] += '-quick'
-            for kv in a.set: set_key(c, *parse_kv(kv))
+            for kv in a.set: set_key(c, *parse_override(kv))
             cfgs[ds, ipc] = c
     # 1. the experts of each dataset, once (their settings must agree across the dataset's configs)
     for ds in datasets:
@@ -223,7 +223,7 @@ def ablation(a)->None:
     if a.root.get('fashion_mnist'): base['root'] = a.root['fashion_mnist']
     base['evaluate']['students'] = []                       # the ConvNet student only
     if a.seeds: base['evaluate']['seeds'] = a.seeds
-    for kv in a.set: set_key(base, *parse_kv(kv))
+    for kv in a.set: set_key(base, *parse_override(kv))
     variants = dict(ABLATION)
     if a.variants:
         with open(a.variants, 'rb') as f: variants = {k: (v.pop('what', k), v) for k, v in tomllib.load(f).items()}
@@ -253,12 +253,6 @@ def ablation(a)->None:
         return meta
     run_many(jobs, a.jobs, a.threads, write)
     write(); print(Path(name + '.md').read_text())
-
-def parse_kv(s:str)->tuple:
-    k, _, v = s.partition('=')
-    try: v = tomllib.loads(f'v = {v}')['v']
-    except tomllib.TOMLDecodeError: pass
-    return k, v
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter)
