@@ -27,7 +27,7 @@ from cvdd_nb.core import atomic_write, load_json, save_json, versions
 from cvdd_nb.data import load_dataset
 from cvdd_nb.experts import ExpertRecipe, train_expert
 from cvdd_nb.evaluate import EvalConfig
-from cvdd_nb.pipeline import RunConfig, parse_override, run, student_tag
+from cvdd_nb.pipeline import RunConfig, parse_override, run, set_key, student_tag
 
 METHODS = ('cvdd', 'sre2l++', 'random_soft', 'random_hard')
 
@@ -60,16 +60,6 @@ def read_config(dataset:str, ipc:int)->dict:
     p = ROOT/'configs'/f'{dataset}_ipc{ipc}.toml'
     with open(p, 'rb') as f: return tomllib.load(f)
 
-def set_key(d:dict, key:str, value):
-    "Set a dotted key; '2x' / '0.5x' scale the value already there."
-    *path, last = key.split('.'); node = d
-    for p in path: node = node[int(p)] if isinstance(node, list) else node.setdefault(p, {})
-    if isinstance(node, list): last = int(last)
-    if isinstance(value, str) and value.endswith('x') and value[:-1].replace('.', '', 1).isdigit():
-        old = node[last] if isinstance(node, list) or last in node else node.get(last, RunConfig.from_dict(d).stage_configs()[path[0]].to_dict()[last] if path else None)
-        value = type(old)(old * float(value[:-1]))
-    node[last] = value
-
 def git_commit()->str:
     if os.environ.get('CVDD_COMMIT'): return os.environ['CVDD_COMMIT']      # a copy of the tree without .git (a remote machine)
     try:
@@ -84,29 +74,32 @@ def machine(device:str)->str:
 
 
 # ----------------------------------------------------------------------------------------------------------- runs
-def _run_one(args):
-    "One pipeline run (in a worker process when --jobs > 1)."
-    cfg, out, threads = args
+def _call(args):
+    "One job (in a worker process when --jobs > 1): fn(*fa) with `threads` torch threads, timed."
+    fn, fa, threads = args
     if threads: torch.set_num_threads(threads)
-    t0 = time.perf_counter()
-    res = run(cfg, out=out)
-    return dict(results=res, wall_s=round(time.perf_counter() - t0, 1))
+    t0 = time.perf_counter(); r = fn(*fa)
+    return dict(results=r, wall_s=round(time.perf_counter() - t0, 1))
 
-def run_many(jobs:list, n:int, threads:int, done=None)->list:
-    "Run (cfg, out) jobs, n at a time in fresh processes (n = 1: here, in order); `done(i, result)` as each one ends."
+def run_jobs(jobs:list, n:int, threads:int, done=None)->list:
+    "Run (fn, args) jobs, n at a time in fresh processes (n = 1: here, in order); `done(i, result)` as each one ends."
     outs = [None] * len(jobs)
     if n <= 1:
-        for i, (c, o) in enumerate(jobs):
-            outs[i] = _run_one((c, o, threads))
+        for i, (fn, fa) in enumerate(jobs):
+            outs[i] = _call((fn, fa, threads))
             if done: done(i, outs[i])
         return outs
     ctx = __import__('multiprocessing').get_context('spawn')
     with cf.ProcessPoolExecutor(n, mp_context=ctx) as ex:
-        futs = {ex.submit(_run_one, (c, o, threads)): i for i, (c, o) in enumerate(jobs)}
+        futs = {ex.submit(_call, (fn, fa, threads)): i for i, (fn, fa) in enumerate(jobs)}
         for f in cf.as_completed(futs):
             i = futs[f]; outs[i] = f.result()
             if done: done(i, outs[i])
     return outs
+
+def run_many(jobs:list, n:int, threads:int, done=None)->list:
+    "Pipeline runs: (cfg, out) jobs through `run_jobs`."
+    return run_jobs([(run, (c, o)) for c, o in jobs], n, threads, done)
 
 def pool_config(cfg:dict, work:Path)->tuple:
     "The config that trains a dataset's shared experts, and the folder they land in."
@@ -116,6 +109,13 @@ def pool_config(cfg:dict, work:Path)->tuple:
 
 def with_pool(cfg:dict, work:Path)->dict:
     c = copy.deepcopy(cfg); c.setdefault('experts', {})['pool'] = str((work/cfg['dataset']/'experts-run'/'experts').resolve()); return c
+
+def prepare(cfg:dict, work:Path)->dict:
+    "A dataset's shared experts, then their distill priors (cached beside the pool): everything its runs share."
+    pc, out = pool_config(cfg, work); run(pc, out=out, until='experts')
+    c = with_pool(cfg, work); c['name'] = f"{cfg['dataset']}-priors"
+    run(c, out=work/cfg['dataset']/c['name'], until='priors')
+    return dict(dataset=cfg['dataset'])
 
 def full_data(dataset:str, student:dict, epochs:int, work:Path, device:str, root:str='')->dict:
     "A student trained on the whole training set (hard labels, the experts' recipe): the upper bound."
@@ -130,6 +130,11 @@ def full_data(dataset:str, student:dict, epochs:int, work:Path, device:str, root
 
 
 # ----------------------------------------------------------------------------------------------------------- tables
+def cost(cfg:dict)->float:
+    "A rough relative cost of a run (images x (recover iterations + student epochs)), to start the largest first."
+    sc = RunConfig.from_dict(cfg).stage_configs()
+    return cfg['ipc'] * (sc['recover'].iterations + sum(s.epochs * (2 if s.student.startswith('resnet') else 1) for s in sc['students']))
+
 def fmt(m:dict|None)->str:
     if not m: return '-'
     return f"{m['acc_mean']:.2f} ± {m['acc_std']:.2f}" if len(m['accs']) > 1 else f"{m['acc_mean']:.2f}"
@@ -144,8 +149,10 @@ def budget_line(cfg:dict)->str:
 def accuracy_markdown(rows:list, meta:dict)->str:
     md = [f"# Accuracy benchmark ({meta['mode']}{'' if meta.get('complete', True) else ', partial: the runs finished so far'})", '',
           f"Final-epoch top-1 accuracy (%) on the real test split, mean ± std over seeds. Command: `{meta['command']}` at commit "
-          f"`{meta['commit']}`, {meta['machine']}, {meta['wall_s'] / 60:.1f} min in all. Full data: the same student trained on the "
-          'whole training set with hard labels (one seed).', '',
+          f"`{meta['commit']}`, {meta['machine']}, {meta['wall_s'] / 60:.1f} min in all"
+          + (f" ({meta['shared_s'] / 60:.1f} min of it for the shared work first: each dataset's experts and distill priors, and the full-data students)" if meta.get('shared_s') else '')
+          + '. Full data: the same student trained on the whole training set with hard labels (one seed'
+          + (f", {meta['full_data'][0]['epochs']} epoch(s))." if meta.get('full_data') else ').'), '',
           '| dataset | IPC | student | CV-DD | SRe2L++ | random soft | random hard | full data | CV-DD - SRe2L++ | CV-DD - random soft |',
           '|---|---|---|---|---|---|---|---|---|---|']
     for r in rows:
@@ -185,17 +192,20 @@ def benchmark(a)->None:
             if quick: c['evaluate']['seeds'] = c['evaluate']['seeds'][:1]; c['name'] += '-quick'
             for kv in a.set: set_key(c, *parse_override(kv))
             cfgs[ds, ipc] = c
-    # 1. the experts of each dataset, once (their settings must agree across the dataset's configs)
+    # 1. what the runs share, side by side before they start: each dataset's experts and distill priors (their settings
+    #    must agree across the dataset's configs), and the full-data upper bound of every student
     for ds in datasets:
         ex = {json.dumps(cfgs[ds, i].get('experts', {}), sort_keys=True) for i in ipcs}
         if len(ex) > 1: sys.exit(f'the configs of {ds} train different experts ({ex}); give them the same [experts] table')
-        pc, out = pool_config(cfgs[ds, ipcs[0]], work)
-        run(pc, out=out, until='experts')
-    # 1b. the distill priors of each dataset, once, before runs start side by side (they are cached beside the experts)
-    for ds in datasets:
-        c = with_pool(cfgs[ds, ipcs[0]], work); run(c, out=work/ds/c['name'], until='priors')
-    # 2. the runs (shared experts), each adding its rows (and its students' full-data upper bounds) as it ends
-    keys = list(cfgs); name = a.results or str(HERE/'results'/('accuracy_quick' if quick else 'accuracy'))
+    students = {(ds, student_tag(s)): s.to_dict() for (ds, ipc), c in cfgs.items() for s in RunConfig.from_dict(c).stage_configs()['students']}
+    prep = [(prepare, (cfgs[ds, ipcs[0]], work)) for ds in datasets]
+    prep += [(full_data, (ds, s, a.full_epochs, work, a.device, a.root.get(ds, ''))) for (ds, _), s in students.items()] if a.full_epochs else []
+    full = {}
+    for (fn, fa), o in zip(prep, run_jobs(prep, a.jobs, a.threads)):
+        if fn is full_data: full[fa[0], o['results']['student']] = o['results']
+    t_prep = time.perf_counter() - t0
+    # 2. the runs (shared experts and priors), largest first so the lanes end together; each adds its rows as it ends
+    keys = sorted(cfgs, key=lambda k: -cost(cfgs[k])); name = a.results or str(HERE/'results'/('accuracy_quick' if quick else 'accuracy'))
     outs, done_rows = [None] * len(keys), {}
 
     def done(i, o):
@@ -203,14 +213,15 @@ def benchmark(a)->None:
         sc = RunConfig.from_dict(cfgs[k]).stage_configs(); rows = []
         for s in sc['students']:
             tag = student_tag(s)
-            full = full_data(k[0], s.to_dict(), a.full_epochs, work, a.device, a.root.get(k[0], '')) if a.full_epochs else None
+            f = full.get((k[0], tag))
             rows.append(dict(dataset=k[0], ipc=k[1], student=tag, methods=o['results']['by_student'][tag],
-                             full=full['acc'] if full else None, full_epochs=a.full_epochs))
+                             full=f['acc'] if f else None, full_epochs=a.full_epochs))
         done_rows[k] = rows
         order = sorted(done_rows, key=lambda k: (datasets.index(k[0]), k[1]))
         budgets = [dict(config=f'configs/{k[0]}_ipc{k[1]}.toml', budget=budget_line(cfgs[k]), wall_s=outs[keys.index(k)]['wall_s']) for k in order]
         meta = dict(mode='quick' if quick else 'full', complete=len(done_rows) == len(keys), command=' '.join(['python', 'bench/accuracy.py', *sys.argv[1:]]),
-                    commit=git_commit(), machine=machine(a.device), versions=versions(), wall_s=round(time.perf_counter() - t0, 1), budgets=budgets)
+                    commit=git_commit(), machine=machine(a.device), versions=versions(), wall_s=round(time.perf_counter() - t0, 1),
+                    shared_s=round(t_prep, 1), full_data=list(full.values()), budgets=budgets)
         allrows = [r for k in order for r in done_rows[k]]
         save_json(name + '.json', dict(meta=meta, rows=allrows))
         atomic_write(name + '.md', accuracy_markdown(allrows, meta))
@@ -228,7 +239,7 @@ def ablation(a)->None:
     if a.variants:
         with open(a.variants, 'rb') as f: variants = {k: (v.pop('what', k), v) for k, v in tomllib.load(f).items()}
     if a.only: variants = {k: v for k, v in variants.items() if k in a.only or k == 'defaults'}
-    pc, out = pool_config(base, work); run(pc, out=out, until='experts')
+    prepare(base, work)                         # experts and distill priors once, before variants run side by side
     jobs, names = [], []
     for name, (what, over) in variants.items():
         c = with_pool(base, work); c['name'] = 'abl-' + name.replace(' ', '-')
@@ -259,7 +270,7 @@ def main(argv=None):
     p.add_argument('--quick', action='store_true', help='fashion_mnist, IPC 10, one seed')
     p.add_argument('--ablation', action='store_true', help='one change at a time at fashion_mnist IPC 10, on a validation split')
     p.add_argument('--datasets', nargs='+', default=['fashion_mnist', 'mnist'])
-    p.add_argument('--ipcs', nargs='+', type=int, default=[10, 1, 50], help='run order (IPC 10 first: it computes the distill priors the others reuse)')
+    p.add_argument('--ipcs', nargs='+', type=int, default=[1, 10, 50])
     p.add_argument('--full-epochs', type=int, default=None, help='epochs of the full-data upper bound (0: skip it; default 1, 0 with --quick)')
     p.add_argument('--ablation-ipc', type=int, default=10)
     p.add_argument('--valid', type=int, default=500, help='ablation: training images per class held out as the validation split')

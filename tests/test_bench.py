@@ -26,6 +26,11 @@ def test_benchmark_tables(tmp_path):
         fct.test_eq(set(r['methods']), {'cvdd', 'sre2l++', 'random_soft', 'random_hard'})
         assert 0 <= r['full'] <= 100
     assert res['meta']['complete'] and res['meta']['budgets'][0]['config'] == 'configs/digits_ipc1.toml'
+    # the full-data students were trained once, before the runs, and their accuracies are the table's
+    full = {f['student']: f for f in res['meta']['full_data']}
+    fct.test_eq(set(full), {'convnet-w0.25', 'resnet18-w0.125'})
+    for r in res['rows']: fct.test_eq(r['full'], load_json(tmp_path/'work/digits/full'/f"{r['student']}.json")['acc'])
+    assert 0 < res['meta']['shared_s'] <= res['meta']['wall_s']
     md = (tmp_path/'acc.md').read_text()
     assert '| digits | 1 | resnet18-w0.125 |' in md and 'experts 2 x 3 ep' in md
     # a second call finds every run finished and recomputes nothing: same numbers
@@ -33,7 +38,7 @@ def test_benchmark_tables(tmp_path):
     fct.test_eq(load_json(tmp_path/'acc.json')['rows'], res['rows'])
 
 def test_ablation_one_change_at_a_time(tmp_path):
-    _bench('--ablation', '--only', 'init noise', '--ablation-ipc', '1', '--valid', '20', '--work', str(tmp_path/'work'),
+    _bench('--ablation', '--only', 'init noise', '--ablation-ipc', '1', '--valid', '20', '--work', str(tmp_path/'work'), '--jobs', '2', '--threads', '1',
            '--results', str(tmp_path/'abl'), '--set', 'dataset="digits"', *TINY)
     res = load_json(tmp_path/'abl.json', dict(meta=dict, rows=list))
     fct.test_eq([r['name'] for r in res['rows']], ['defaults', 'init noise'])
