@@ -272,7 +272,7 @@ def test_sigkill_anywhere_loses_nothing_and_resumes_bit_identical(pool_dir, tmp_
     plan = ([('recover', rng.randint(1, 25)) for _ in range(3)] + [('write', rng.randint(1, 30))] +
             [('relabel', rng.randint(2, 4)) for _ in range(3)] + [('write', rng.randint(1, 10))] +
             [('evaluate', rng.randint(1, 5)) for _ in range(3)])
-    out, survived, lost, log = tmp_path/'kill', {}, 0, []
+    out, survived, lost, log, temps = tmp_path/'kill', {}, 0, [], 0
     for kind, k in plan:
         before = _snapshot(out) if out.exists() else {}
         keep = _done_files(out, before) if out.exists() else set()
@@ -284,7 +284,9 @@ def test_sigkill_anywhere_loses_nothing_and_resumes_bit_identical(pool_dir, tmp_
         assert not changed, (kind, k, changed)                   # finished outputs are never touched again
         assert not _damaged(out), (kind, k, _damaged(out))       # nothing torn is readable as valid
         survived[kind] = survived.get(kind, 0) + 1; log.append((kind, k, len(after)))
+        temps += sum(_is_temp(p) for p in out.rglob('*'))         # a kill inside atomic_write leaves its temp file ...
     p = _child(tmp_path, out); assert p.returncode == 0, p.stderr
+    assert temps > 0; fct.test_eq([p.name for p in out.rglob('*') if _is_temp(p)], [])   # ... which the next run removes
     got = _results(out)
     fct.test_eq(sorted(got['files']), sorted(ref['files']))
     differ = [f for f in ref['files'] if got['files'][f] != ref['files'][f]]
