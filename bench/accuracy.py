@@ -81,6 +81,13 @@ def _call(args):
     t0 = time.perf_counter(); r = fn(*fa)
     return dict(results=r, wall_s=round(time.perf_counter() - t0, 1))
 
+def _die_with_parent():
+    "Worker initializer: on Linux, end this worker when the benchmark process ends (even by SIGKILL), so no orphan keeps writing."
+    if sys.platform.startswith('linux'):
+        import ctypes, signal
+        ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGKILL)       # PR_SET_PDEATHSIG
+        if os.getppid() == 1: os._exit(1)                                       # the parent is already gone
+
 def run_jobs(jobs:list, n:int, threads:int, done=None)->list:
     "Run (fn, args) jobs, n at a time in fresh processes (n = 1: here, in order); `done(i, result)` as each one ends."
     outs = [None] * len(jobs)
@@ -90,7 +97,7 @@ def run_jobs(jobs:list, n:int, threads:int, done=None)->list:
             if done: done(i, outs[i])
         return outs
     ctx = __import__('multiprocessing').get_context('spawn')
-    with cf.ProcessPoolExecutor(n, mp_context=ctx) as ex:
+    with cf.ProcessPoolExecutor(n, mp_context=ctx, initializer=_die_with_parent) as ex:
         futs = {ex.submit(_call, (fn, fa, threads)): i for i, (fn, fa) in enumerate(jobs)}
         for f in cf.as_completed(futs):
             i = futs[f]; outs[i] = f.result()
