@@ -64,7 +64,8 @@ def git_commit()->str:
     if os.environ.get('CVDD_COMMIT'): return os.environ['CVDD_COMMIT']      # a copy of the tree without .git (a remote machine)
     try:
         git = lambda *a: subprocess.run(['git', *a], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        return git('rev-parse', '--short', 'HEAD') + ('+uncommitted changes' if git('status', '--porcelain', '--untracked-files=no') else '')
+        dirty = git('status', '--porcelain', '--untracked-files=no', '--', '.', ':(exclude)bench/results')   # not the tables this script rewrites
+        return git('rev-parse', '--short', 'HEAD') + ('+uncommitted changes' if dirty else '')
     except Exception: return 'unknown'
 
 def machine(device:str)->str:
