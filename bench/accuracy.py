@@ -84,10 +84,11 @@ def _call(args):
 
 def _die_with_parent():
     "Worker initializer: on Linux, end this worker when the benchmark process ends (even by SIGKILL), so no orphan keeps writing."
-    if sys.platform.startswith('linux'):
-        import ctypes, signal
-        ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGKILL)       # PR_SET_PDEATHSIG
-        if os.getppid() == 1: os._exit(1)                                       # the parent is already gone
+    if not sys.platform.startswith('linux'): return
+    import ctypes, ctypes.util, signal
+    try: ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6', use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError): return                                    # no glibc-style prctl: workers may outlive a kill
+    if os.getppid() == 1: os._exit(1)                                           # the parent is already gone
 
 def run_jobs(jobs:list, n:int, threads:int, done=None)->list:
     "Run (fn, args) jobs, n at a time in fresh processes (n = 1: here, in order); `done(i, result)` as each one ends."
