@@ -126,6 +126,11 @@ def prepare(cfg:dict, work:Path)->dict:
     run(c, out=work/cfg['dataset']/c['name'], until='priors')
     return dict(dataset=cfg['dataset'])
 
+def cost(cfg:dict)->float:
+    "A rough relative cost of a run (images x (recover iterations + student epochs)), to start the largest first."
+    sc = RunConfig.from_dict(cfg).stage_configs()
+    return cfg['ipc'] * (sc['recover'].iterations + sum(s.epochs * (2 if s.student.startswith('resnet') else 1) for s in sc['students']))
+
 def full_data(dataset:str, student:dict, epochs:int, work:Path, device:str, root:str='')->dict:
     "A student trained on the whole training set (hard labels, the experts' recipe): the upper bound."
     s = EvalConfig.from_dict(student); tag = student_tag(s)
@@ -139,11 +144,6 @@ def full_data(dataset:str, student:dict, epochs:int, work:Path, device:str, root
 
 
 # ----------------------------------------------------------------------------------------------------------- tables
-def cost(cfg:dict)->float:
-    "A rough relative cost of a run (images x (recover iterations + student epochs)), to start the largest first."
-    sc = RunConfig.from_dict(cfg).stage_configs()
-    return cfg['ipc'] * (sc['recover'].iterations + sum(s.epochs * (2 if s.student.startswith('resnet') else 1) for s in sc['students']))
-
 def fmt(m:dict|None)->str:
     if not m: return '-'
     return f"{m['acc_mean']:.2f} ± {m['acc_std']:.2f}" if len(m['accs']) > 1 else f"{m['acc_mean']:.2f}"
