@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_cli.ipynb #fae4aa91
 from __future__ import annotations
-import argparse, json, sys, time
+import argparse, json, shlex, sys, time
 from pathlib import Path
 
 from .core import CVDDError, load_json
@@ -12,10 +12,11 @@ from .data import list_datasets, load_dataset
 from .experts import ExpertPool, ExpertRecipe, train_pool
 from .models import list_models
 from .pipeline import DIGITS_DEMO, STAGES, load_config, run, RunConfig
+from .zoo import ZOO, build_zoo
 
 # %% auto #0
-__all__ = ['DEMO_POOL', 'cmd_run', 'cmd_demo', 'cmd_show', 'experts_train', 'experts_list', 'experts_check', 'build_parser',
-           'main']
+__all__ = ['DEMO_POOL', 'cmd_run', 'cmd_demo', 'cmd_show', 'experts_train', 'experts_zoo', 'experts_list', 'experts_check',
+           'build_parser', 'main']
 
 # %% ../nbs/10_cli.ipynb #5b4ff852
 def _config(args)->RunConfig:
@@ -62,6 +63,8 @@ def _parse_arch(s:str)->tuple:
 
 def experts_train(args):
     "Train (or resume) a pool of experts and print its table."
+    if args.zoo: return experts_zoo(args)
+    if not args.out: raise CVDDError('experts train needs --out (the pool folder), or --zoo DATASET', 'add --out runs/pools/<name>')
     data = load_dataset(args.dataset, root=args.root)
     archs = [_parse_arch(a) for a in args.arch]
     t0 = time.perf_counter()
@@ -71,6 +74,17 @@ def experts_train(args):
           f'{time.perf_counter() - t0:.0f} s, saved in {args.out}\n')
     print(pool.to_markdown())
     pool.check(data.info)
+    return pool
+
+def experts_zoo(args):
+    "Rebuild (or resume) a zoo pool: `cvdd experts train --zoo DATASET`."
+    command = 'cvdd ' + ' '.join(shlex.quote(a) for a in args.argv)
+    t0 = time.perf_counter()
+    pool = build_zoo(args.zoo, out=args.out, work=args.work, jobs=args.jobs, threads=args.threads, only=args.only, command=command,
+                     device=args.device, quiet=args.quiet)
+    print(f'zoo {args.zoo}: {time.perf_counter() - t0:.0f} s')
+    if pool is not None: print(pool.to_markdown())
+    else: print('some experts of the pool are still missing: run the command without --only to finish it')
     return pool
 
 def experts_list(args):
@@ -107,7 +121,12 @@ def build_parser()->argparse.ArgumentParser:
     t = ex.add_parser('train', help='train (or resume) a pool of experts')
     _add_data(t)
     t.add_argument('--arch', nargs='+', default=DEMO_POOL, help=f'ARCH[:WIDTH] per expert; architectures: {", ".join(list_models())}')
-    t.add_argument('--out', required=True, help='pool folder')
+    t.add_argument('--out', default=None, help='pool folder (with --zoo: the zoo folder, default zoo/)')
+    t.add_argument('--zoo', default=None, choices=list(ZOO), help='rebuild this zoo pool (its experts, recipe, hold-out and snapshots)')
+    t.add_argument('--work', default=None, help='with --zoo: checkpoint folder (default <zoo>/.build); rerunning resumes')
+    t.add_argument('--jobs', type=int, default=1, help='with --zoo: experts trained at once, in separate processes')
+    t.add_argument('--threads', type=int, default=None, help='with --zoo: torch threads per process (default: cores / jobs)')
+    t.add_argument('--only', nargs='+', default=None, help='with --zoo: train only these experts')
     t.add_argument('--epochs', type=int, default=20); t.add_argument('--batch-size', type=int, default=128)
     t.add_argument('--seed', type=int, default=0); t.add_argument('--device', default=None)
     l = ex.add_parser('list', help='print a saved pool'); l.add_argument('pool')
@@ -121,7 +140,8 @@ _COMMANDS = {'demo': cmd_demo, 'run': cmd_run, 'show': cmd_show,
 
 def main(argv:list|None=None)->int:
     "Entry point of the `cvdd` command."
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv); args.argv = argv
     key = (args.cmd, args.experts_cmd) if args.cmd == 'experts' else args.cmd
     try: _COMMANDS[key](args)
     except CVDDError as e:

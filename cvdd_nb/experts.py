@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_experts.ipynb #82a78d82
 from __future__ import annotations
-import dataclasses, json, math, shutil, time
+import copy, dataclasses, io, json, math, os, re, shutil, time, warnings
 from pathlib import Path
 
 import torch
@@ -12,13 +12,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save as st_save
 
+import cvdd_nb
+
 from .core import CVDDError, Config, atomic_write, check_choice, get_device, load_json, progress, save_json, set_seed, make_generator, versions, autocast
-from .data import Data, DatasetInfo, Split, normalize, load_dataset
+from .data import Data, DatasetInfo, Split, normalize, load_dataset, holdout_split
 from .models import bn_layers, count_params, create_model, has_batchnorm, read_state_dict
 
 # %% auto #0
-__all__ = ['NO_FLIP', 'default_flip', 'random_crop_flip', 'evaluate_model', 'ExpertMeta', 'Expert', 'ExpertRecipe',
-           'train_expert', 'ExpertPool', 'train_pool']
+__all__ = ['NO_FLIP', 'ZOO_ENV', 'default_flip', 'random_crop_flip', 'evaluate_model', 'ExpertMeta', 'Expert', 'ExpertRecipe',
+           'round_half', 'train_expert', 'ExpertPool', 'zoo_root', 'resolve_pool', 'train_pool']
 
 # %% ../nbs/03_experts.ipynb #51009fb1
 NO_FLIP = ('digits', 'mnist')
@@ -78,6 +80,11 @@ class ExpertMeta:
     versions:dict = dataclasses.field(default_factory=dict)
     params:int = 0
     seconds:float|None = None    # training wall time
+    valid_acc:float|None = None  # percent, on the validation hold-out (when there is one)
+    epochs:int|None = None       # epochs trained (an early snapshot has fewer than its recipe's)
+    dtype:str = 'float32'        # how the weights are stored; the accuracies are those of the stored weights
+    holdout:dict|None = None     # the training images held out for validation: {per_class, seed}
+    origin:dict = dataclasses.field(default_factory=dict)   # command, commit, machine and date that made it
 
     @classmethod
     def from_dict(cls, d:dict):
@@ -113,8 +120,81 @@ class ExpertRecipe(Config):
     pad:int = -1              # crop padding; -1: one eighth of the image side (4 px at 32 px)
     flip:str = 'auto'         # 'auto' (off for digit datasets), 'yes', 'no'
     label_smoothing:float = 0.0
+    optimizer:str = 'adam'    # 'adam' (the reference) or 'sgd' (momentum 0.9, Nesterov); cosine decay per step either way
+    amp:str = 'auto'          # 'auto': mixed precision on CUDA only; 'bf16': bfloat16 autocast on any device; 'no'
+    channels_last:bool = False  # NHWC memory layout (faster for some networks on some CPUs)
 
 # %% ../nbs/03_experts.ipynb #a97d591f
+def _optimizer(model:nn.Module, recipe:ExpertRecipe, steps:int)->tuple:
+    "The optimiser and its per-step cosine schedule."
+    check_choice('optimizer', recipe.optimizer, ('adam', 'sgd'))
+    if recipe.optimizer == 'adam': opt = torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    else: opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9, nesterov=True, weight_decay=recipe.weight_decay)
+    return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+
+# %% ../nbs/03_experts.ipynb #23a845ae
+def _amp(device:torch.device, mode:str):
+    "The autocast context of a recipe's `amp` setting."
+    check_choice('amp', mode, ('auto', 'bf16', 'no'))
+    if mode == 'bf16': return torch.autocast(device.type, dtype=torch.bfloat16)
+    return autocast(device, enabled=mode == 'auto')
+
+# %% ../nbs/03_experts.ipynb #e43684d0
+def _save_progress(path:Path, model, opt, sched, g:torch.Generator, epoch:int, seconds:float, key:dict):
+    "Write the training state after `epoch` epochs to `path` atomically."
+    buf = io.BytesIO()
+    torch.save(dict(model=model.state_dict(), opt=opt.state_dict(), sched=sched.state_dict(), rng=g.get_state(),
+                    epoch=epoch, seconds=seconds, key=json.dumps(key, sort_keys=True)), buf)
+    atomic_write(path, buf.getvalue())
+
+# %% ../nbs/03_experts.ipynb #5cd87c84
+def _load_progress(path:Path, model, opt, sched, g:torch.Generator, key:dict)->tuple:
+    "Restore the state saved by `_save_progress`; return (epochs done, seconds so far), (0, 0.0) when there is none."
+    if not path.exists(): return 0, 0.0
+    try: st = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        warnings.warn(f'{path} could not be read ({type(e).__name__}): training this expert starts over'); return 0, 0.0
+    if st['key'] != json.dumps(key, sort_keys=True):
+        raise CVDDError(f'{path} is the checkpoint of another architecture or recipe', f'delete {path.parent} to train anew, or use another folder')
+    model.load_state_dict(st['model']); opt.load_state_dict(st['opt']); sched.load_state_dict(st['sched']); g.set_state(st['rng'])
+    return st['epoch'], st['seconds']
+
+# %% ../nbs/03_experts.ipynb #6c4ca6af
+@torch.no_grad()
+def round_half(model:nn.Module)->nn.Module:
+    "Round every floating-point weight and buffer of `model` to float16 precision, in place."
+    for t in model.state_dict().values():
+        if t.is_floating_point(): t.copy_(t.half().float())
+    return model
+
+# %% ../nbs/03_experts.ipynb #937bd955
+def _train_epoch(model, opt, sched, x_all, y_all, info, recipe, pad, flip, g, device):
+    "One pass over the training images in random batches."
+    n, bs = len(y_all), min(recipe.batch_size, len(y_all))
+    for idx in torch.randperm(n, generator=g).split(bs):
+        idx = idx.to(device)
+        xb = normalize(random_crop_flip(x_all[idx], pad, flip, g), info)
+        if recipe.channels_last: xb = xb.contiguous(memory_format=torch.channels_last)
+        with _amp(device, recipe.amp): loss = F.cross_entropy(model(xb).float(), y_all[idx], label_smoothing=recipe.label_smoothing)
+        opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
+
+# %% ../nbs/03_experts.ipynb #07165166
+def _as_expert(model, data:Data, recipe:dict, seed:int, name, epochs:int, seconds:float, device,
+               valid:Split|None=None, half:bool=False, train_acc:bool=True)->Expert:
+    "A measured copy of `model` as an `Expert`."
+    info = data.info
+    m = round_half(copy.deepcopy(model)) if half else copy.deepcopy(model)
+    m = m.to(memory_format=torch.contiguous_format)
+    meta = ExpertMeta(arch=model.cvdd_spec, dataset=info.name, class_names=list(info.class_names), in_chans=info.channels,
+                      img_size=list(info.img_size), mean=list(info.mean), std=list(info.std), recipe=recipe, seed=seed,
+                      versions=versions(), params=count_params(m), seconds=round(seconds, 2), epochs=epochs,
+                      dtype='float16' if half else 'float32')
+    meta.train_acc = evaluate_model(m, data.train, info, device=device) if train_acc else None
+    meta.test_acc = evaluate_model(m, data.test, info, device=device)
+    if valid is not None: meta.valid_acc = evaluate_model(m, valid, info, device=device)
+    return Expert(m.cpu(), meta, name=name)
+
+# %% ../nbs/03_experts.ipynb #9942b321
 def train_expert(arch:str,                      # a `create_model` name, e.g. 'resnet18'
                  data:Data,                     # the real dataset
                  recipe:ExpertRecipe|dict|None=None,
@@ -123,34 +203,40 @@ def train_expert(arch:str,                      # a `create_model` name, e.g. 'r
                  device=None,
                  name:str|None=None,            # name in the pool (default: the architecture)
                  arch_kw:dict|None=None,        # extra `create_model` arguments
-                 quiet:bool=False)->Expert:
-    "Train one expert on `data` with `recipe`; return it with its test accuracy."
+                 quiet:bool=False,
+                 ckpt:str|Path|None=None,       # folder for per-epoch checkpoints and snapshots: a rerun resumes there
+                 snapshots:tuple=(),            # epochs after which a measured copy is kept in `expert.snapshots`
+                 valid:Split|None=None,         # a validation hold-out whose accuracy is recorded
+                 half:bool=False,               # measure (and later store) the weights rounded to float16
+                 stop_after:int|None=None)->Expert|None:  # stop after this many epochs of this call (None: when done)
+    "Train one expert on `data` with `recipe` (resuming from `ckpt`); return it with its accuracies (None if stopped early)."
     recipe = recipe if isinstance(recipe, ExpertRecipe) else ExpertRecipe.from_dict(recipe)
     if recipe.epochs < 1: raise CVDDError(f'epochs must be >= 1, got {recipe.epochs}', 'set epochs to 1 or more')
     info, device = data.info, get_device(device)
     set_seed(seed); g = make_generator(seed)
     model = create_model(arch, info.num_classes, in_chans=info.channels, img_size=info.img_size[0], width=width, **(arch_kw or {})).to(device)
+    if recipe.channels_last: model = model.to(memory_format=torch.channels_last)
     pad = recipe.pad if recipe.pad >= 0 else max(1, round(info.img_size[0] / 8))
     flip = default_flip(info.name) if recipe.flip == 'auto' else recipe.flip == 'yes'
-    n, bs = len(data.train), min(recipe.batch_size, len(data.train))
-    steps = recipe.epochs * math.ceil(n / bs)
-    opt = torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    opt, sched = _optimizer(model, recipe, recipe.epochs * math.ceil(len(data.train) / min(recipe.batch_size, len(data.train))))
+    rec = dict(recipe.to_dict(), pad=pad, flip=flip, schedule='cosine per step to 0, no warm-up', augment='random crop after zero padding'
+               + (' + horizontal flip' if flip else ''), loss='cross-entropy')
+    key, ckpt = dict(arch=model.cvdd_spec, recipe=rec, seed=seed, n_train=len(data.train)), Path(ckpt) if ckpt else None
+    done, secs = _load_progress(ckpt/'progress.pt', model, opt, sched, g, key) if ckpt else (0, 0.0)
     x_all = data.train.x.to(device).float().div_(255); y_all = data.train.y.to(device)
-    t0 = time.perf_counter(); model.train()
-    for ep in progress(range(recipe.epochs), desc=f'train {name or arch}', disable=quiet or None):
-        for idx in torch.randperm(n, generator=g).split(bs):
-            idx = idx.to(device)
-            xb = normalize(random_crop_flip(x_all[idx], pad, flip, g), info)
-            with autocast(device): loss = F.cross_entropy(model(xb), y_all[idx], label_smoothing=recipe.label_smoothing)
-            opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
-    secs = time.perf_counter() - t0
-    meta = ExpertMeta(arch=model.cvdd_spec, dataset=info.name, class_names=list(info.class_names), in_chans=info.channels,
-                      img_size=list(info.img_size), mean=list(info.mean), std=list(info.std), recipe=dict(recipe.to_dict(), pad=pad, flip=flip),
-                      seed=seed, versions=versions(), params=count_params(model), seconds=round(secs, 2))
-    meta.train_acc = evaluate_model(model, data.train, info, device=device)
-    meta.test_acc = evaluate_model(model, data.test, info, device=device)
-    return Expert(model.cpu(), meta, name=name)
+    snaps, model = {}, model.train()
+    for ep in progress(range(done, recipe.epochs), desc=f'train {name or arch}', disable=quiet or None):
+        t0 = time.perf_counter(); _train_epoch(model, opt, sched, x_all, y_all, info, recipe, pad, flip, g, device)
+        secs += time.perf_counter() - t0
+        if ep + 1 in snapshots and ep + 1 < recipe.epochs:
+            snaps[ep + 1] = _as_expert(model.eval(), data, rec, seed, name, ep + 1, secs, device, valid, half, train_acc=False); model.train()
+            if ckpt: snaps[ep + 1].save(ckpt/f'e{ep + 1}')
+        if ckpt: _save_progress(ckpt/'progress.pt', model, opt, sched, g, ep + 1, secs, key)
+        if stop_after is not None and ep + 1 - done >= stop_after and ep + 1 < recipe.epochs: return None
+    expert = _as_expert(model.eval(), data, rec, seed, name, recipe.epochs, secs, device, valid, half)
+    expert.epochs_run = recipe.epochs - done          # what this call trained (the rest came from the checkpoint)
+    expert.snapshots = {k: snaps.get(k) or Expert.load(ckpt/f'e{k}') for k in snapshots if k < recipe.epochs}
+    return expert
 
 # %% ../nbs/03_experts.ipynb #bc435685
 def _check(self:Expert, info:DatasetInfo, min_margin:float=5.0):
@@ -200,9 +286,10 @@ def _check_meta(d:dict, where:Path)->dict:
     return d
 
 def _save(self:Expert, path:str|Path)->Path:
-    "Write the expert to folder `path` (safetensors + JSON)."
+    "Write the expert to folder `path` (safetensors + JSON); float weights in `meta.dtype` (float16 halves the file)."
     path = Path(path); path.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+    dt = check_choice('expert dtype', self.meta.dtype, ('float32', 'float16'))
+    sd = {k: (v.to(getattr(torch, dt)) if v.is_floating_point() else v).detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
     atomic_write(path/'model.safetensors', st_save(sd, metadata={'format': 'pt'}))
     save_json(path/'expert.json', dict(name=self.name, **dataclasses.asdict(self.meta)))
     return path
@@ -217,7 +304,7 @@ def _load(path:str|Path)->Expert:
     try: model = create_model(**d['arch'])
     except TypeError as e: raise CVDDError(f'{path/"expert.json"}: arch {d["arch"]} cannot rebuild the model ({e})', 'the file was edited by hand or damaged: retrain or restore the expert') from None
     sd = read_state_dict(path/'model.safetensors')
-    try: model.load_state_dict(sd, strict=True)
+    try: model.load_state_dict(sd, strict=True)     # float16 weights are widened to the model's float32
     except RuntimeError as e:
         raise CVDDError(f'{path/"model.safetensors"} does not match the architecture in expert.json ({str(e).splitlines()[0]})',
                         'the folder was edited by hand or mixed up: retrain or restore the expert') from None
@@ -280,6 +367,26 @@ class ExpertPool:
         lines += [f"{r['name']:16} {r['arch']:14} {r['width']:5g} {r['params']:10,} {f(r['train_acc']):>7} {f(r['test_acc']):>6}" for r in self.table()]
         return '\n'.join(lines)
 
+# %% ../nbs/03_experts.ipynb #2f71f339
+ZOO_ENV = 'CVDD_ZOO'   # environment variable: another folder holding the zoo
+
+def zoo_root()->Path:
+    "The folder of the shipped expert zoo: `$CVDD_ZOO`, else `zoo/` beside the package."
+    return Path(os.environ.get(ZOO_ENV) or Path(cvdd_nb.__file__).resolve().parent.parent/'zoo')
+
+def resolve_pool(ref:str|Path)->Path:
+    "A pool folder from a path or a zoo name: 'zoo:DATASET' (final weights) or 'zoo:DATASET@eK' (after K epochs)."
+    if not (isinstance(ref, str) and ref.startswith('zoo:')): return Path(ref)
+    name, _, snap = ref[4:].partition('@')
+    if not name or '/' in name or (snap and not re.fullmatch(r'e\d+', snap)):
+        raise CVDDError(f'bad zoo name {ref!r}', "write zoo:DATASET or zoo:DATASET@eK, e.g. zoo:mnist or zoo:fashion_mnist@e1")
+    root = zoo_root(); path = root/name/snap if snap else root/name
+    if not (path/'pool.json').exists():
+        have = sorted(p.name for p in root.iterdir() if (p/'pool.json').exists()) if root.is_dir() else []
+        raise CVDDError(f'{ref}: no zoo pool at {path}' + (f' (the zoo in {root} holds: {", ".join(have)})' if have else f' ({root} holds no zoo)'),
+                        f'use one of the zoo names, build it with `cvdd experts train --zoo {name}`, or set ${ZOO_ENV} to the folder that holds it')
+    return path
+
 # %% ../nbs/03_experts.ipynb #2c0a512e
 def _pool_save(self:ExpertPool, path:str|Path)->Path:
     "Save every expert to `path/<name>/`, the pool's index to `path/pool.json` and its table to `pool.md`."
@@ -290,9 +397,10 @@ def _pool_save(self:ExpertPool, path:str|Path)->Path:
     return path
 ExpertPool.save = _pool_save
 
-def _pool_load(path:str|Path, names:list|None=None)->ExpertPool:
+def _pool_load(path:str|Path,           # a pool folder, or a zoo name such as 'zoo:mnist' or 'zoo:mnist@e1'
+               names:list|None=None)->ExpertPool:
     "Load the pool saved in `path` (optionally only `names`)."
-    path = Path(path)
+    path = resolve_pool(path)
     if not (path/'pool.json').exists(): raise CVDDError(f'{path} holds no pool.json', 'point at a folder written by ExpertPool.save / `cvdd experts train`')
     idx = load_json(path/'pool.json', dict(experts=list))
     if not all(isinstance(n, str) and n and Path(n).name == n and n not in ('.', '..') for n in idx['experts']):

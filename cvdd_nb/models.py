@@ -78,27 +78,41 @@ class Bottleneck(nn.Module):
         self.shortcut = _shortcut(cin, cout, stride)
     def forward(self, x): return F.relu(self.body(x) + self.shortcut(x))
 
+# %% ../nbs/02_models.ipynb #a08c893f
+def _hw(img_size)->tuple:
+    "(H, W) from an int or a pair."
+    return tuple(img_size) if isinstance(img_size, (tuple, list)) else (img_size, img_size)
+
+def _down(size:int,       # the feature map's side before the step
+          min_size:int):  # the smallest side a stride-2 step may produce
+    "The stride of a downsampling step (2, or 1 where 2 would go below `min_size`) and the side after it."
+    return (2, (size + 1) // 2) if (size + 1) // 2 >= min_size else (1, size)
+
 # %% ../nbs/02_models.ipynb #e746a079
 class ResNet(nn.Module):
     "CIFAR-style ResNet: 3x3 stride-1 stem, no max-pool, four stages, global average pooling."
-    def __init__(self, block, blocks:list, num_classes:int, in_chans:int=3, width:float=1.0):
+    def __init__(self, block, blocks:list, num_classes:int, in_chans:int=3, width:float=1.0, img_size:int=32,
+                 min_size:int=1):  # stride-2 steps stop where the map would drop below this
         super().__init__()
-        c = _ch(64, width)
+        c, size = _ch(64, width), img_size
         self.stem, layers = _conv_bn(in_chans, c), []
         for i, n in enumerate(blocks):
             planes = _ch(64 * 2**i, width)
             for j in range(n):
-                layers.append(block(c, planes, 2 if i > 0 and j == 0 else 1)); c = planes * block.expansion
+                stride, size = _down(size, min_size) if i > 0 and j == 0 else (1, size)
+                layers.append(block(c, planes, stride)); c = planes * block.expansion
         self.layers, self.classifier = nn.Sequential(*layers), nn.Linear(c, num_classes)
     def forward(self, x): return self.classifier(F.adaptive_avg_pool2d(self.layers(self.stem(x)), 1).flatten(1))
 
-def resnet18(num_classes, in_chans=3, img_size=(32, 32), width=1.0):
+def resnet18(num_classes, in_chans=3, img_size=(32, 32), width=1.0,
+             min_size:int=1):  # smallest feature map a stride-2 step may produce (1: the published network)
     "CIFAR-style ResNet-18 (BasicBlock, [2, 2, 2, 2])."
-    return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, in_chans, width)
+    return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, in_chans, width, min(_hw(img_size)), min_size)
 
-def resnet50(num_classes, in_chans=3, img_size=(32, 32), width=1.0):
+def resnet50(num_classes, in_chans=3, img_size=(32, 32), width=1.0,
+             min_size:int=1):  # smallest feature map a stride-2 step may produce (1: the published network)
     "CIFAR-style ResNet-50 (Bottleneck, [3, 4, 6, 3])."
-    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, in_chans, width)
+    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, in_chans, width, min(_hw(img_size)), min_size)
 
 # %% ../nbs/02_models.ipynb #55f14fec
 class InvertedResidual(nn.Module):
@@ -114,18 +128,21 @@ class InvertedResidual(nn.Module):
 class MobileNetV2(nn.Module):
     "CIFAR-style MobileNetV2: stride-1 stem, first stride-2 stage at stride 1."
     cfg = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
-    def __init__(self, num_classes:int, in_chans:int=3, width:float=1.0):
+    def __init__(self, num_classes:int, in_chans:int=3, width:float=1.0, img_size:int=32, min_size:int=1):
         super().__init__()
-        c = _ch(32, width); layers = [_conv_bn(in_chans, c)]
+        c, size = _ch(32, width), img_size; layers = [_conv_bn(in_chans, c)]
         for t, co, n, s in self.cfg:
-            for j in range(n): layers.append(InvertedResidual(c, _ch(co, width), s if j == 0 else 1, t)); c = _ch(co, width)
+            for j in range(n):
+                stride, size = _down(size, min_size) if s == 2 and j == 0 else (1, size)
+                layers.append(InvertedResidual(c, _ch(co, width), stride, t)); c = _ch(co, width)
         layers.append(_conv_bn(c, _ch(1280, width), 1))
         self.features, self.classifier = nn.Sequential(*layers), nn.Linear(_ch(1280, width), num_classes)
     def forward(self, x): return self.classifier(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
 
-def mobilenetv2(num_classes, in_chans=3, img_size=(32, 32), width=1.0):
+def mobilenetv2(num_classes, in_chans=3, img_size=(32, 32), width=1.0,
+                min_size:int=1):  # smallest feature map a stride-2 step may produce (1: the published network)
     "CIFAR-style MobileNetV2."
-    return MobileNetV2(num_classes, in_chans, width)
+    return MobileNetV2(num_classes, in_chans, width, min(_hw(img_size)), min_size)
 
 # %% ../nbs/02_models.ipynb #0d47491a
 def channel_shuffle(x, groups:int=2):
@@ -134,36 +151,39 @@ def channel_shuffle(x, groups:int=2):
     return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
 
 class ShuffleUnit(nn.Module):
-    "ShuffleNetV2 unit: channel split (stride 1) or two branches (stride 2), concat, shuffle."
+    "ShuffleNetV2 unit: channel split (same shape) or two branches (a stage's first unit: new shape), concat, shuffle."
     def __init__(self, cin, cout, stride):
         super().__init__()
-        b, self.stride = cout // 2, stride
-        if stride > 1: self.left = nn.Sequential(_conv_bn(cin, cin, 3, stride, groups=cin, relu=False), _conv_bn(cin, b, 1))
-        cr = cin if stride > 1 else cin // 2
+        b, self.split = cout // 2, stride == 1 and cin == cout
+        if not self.split: self.left = nn.Sequential(_conv_bn(cin, cin, 3, stride, groups=cin, relu=False), _conv_bn(cin, b, 1))
+        cr = cin // 2 if self.split else cin
         self.right = nn.Sequential(_conv_bn(cr, b, 1), _conv_bn(b, b, 3, stride, groups=b, relu=False), _conv_bn(b, b, 1))
     def forward(self, x):
-        if self.stride == 1: l, r = x.chunk(2, dim=1); out = torch.cat([l, self.right(r)], 1)
+        if self.split: l, r = x.chunk(2, dim=1); out = torch.cat([l, self.right(r)], 1)
         else: out = torch.cat([self.left(x), self.right(x)], 1)
         return channel_shuffle(out)
 
 class ShuffleNetV2(nn.Module):
     "CIFAR-style ShuffleNetV2: 3x3 stride-1 stem, no max-pool, three stages, 1x1 conv, pooling."
     sizes = {0.5: (24, 48, 96, 192, 1024), 1.0: (24, 116, 232, 464, 1024), 1.5: (24, 176, 352, 704, 1024), 2.0: (24, 244, 488, 976, 2048)}
-    def __init__(self, num_classes:int, in_chans:int=3, width:float=1.0, scale:float=0.5):
+    def __init__(self, num_classes:int, in_chans:int=3, width:float=1.0, scale:float=0.5, img_size:int=32, min_size:int=1):
         super().__init__()
         if scale not in self.sizes: raise CVDDError(f'ShuffleNetV2 scale {scale} is not one of {list(self.sizes)}', 'pass scale=0.5, 1.0, 1.5 or 2.0, and width= for other sizes')
         chs = [_ch(c, width, div=2) for c in self.sizes[scale]]
-        c, layers = chs[0], [_conv_bn(in_chans, chs[0])]
+        c, layers, size = chs[0], [_conv_bn(in_chans, chs[0])], img_size
         for co, n in zip(chs[1:4], (4, 8, 4)):
-            for j in range(n): layers.append(ShuffleUnit(c, co, 2 if j == 0 else 1)); c = co
+            for j in range(n):
+                stride, size = _down(size, min_size) if j == 0 else (1, size)
+                layers.append(ShuffleUnit(c, co, stride)); c = co
         layers.append(_conv_bn(c, chs[4], 1))
         self.features, self.classifier = nn.Sequential(*layers), nn.Linear(chs[4], num_classes)
     def forward(self, x): return self.classifier(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
 
 def shufflenetv2(num_classes, in_chans=3, img_size=(32, 32), width=1.0,
-                 scale:float=0.5):  # published size: 0.5, 1.0, 1.5 or 2.0 (x)
+                 scale:float=0.5,   # published size: 0.5, 1.0, 1.5 or 2.0 (x)
+                 min_size:int=1):   # smallest feature map a stride-2 step may produce (1: the published network)
     "CIFAR-style ShuffleNetV2 (0.5x by default)."
-    return ShuffleNetV2(num_classes, in_chans, width, scale)
+    return ShuffleNetV2(num_classes, in_chans, width, scale, min(_hw(img_size)), min_size)
 
 # %% ../nbs/02_models.ipynb #8485b1b4
 class DenseLayer(nn.Module):
@@ -176,21 +196,25 @@ class DenseLayer(nn.Module):
 
 class DenseNet(nn.Module):
     "CIFAR-style DenseNet: 3x3 stem, dense blocks with transitions (BN-ReLU-1x1 conv, AvgPool2), final BN."
-    def __init__(self, blocks:list, num_classes:int, in_chans:int=3, width:float=1.0, growth:int=32, reduction:float=0.5):
+    def __init__(self, blocks:list, num_classes:int, in_chans:int=3, width:float=1.0, growth:int=32, reduction:float=0.5,
+                 img_size:int=32, min_size:int=1):
         super().__init__()
-        g = _ch(growth, width); c = 2 * g; layers = [nn.Conv2d(in_chans, c, 3, padding=1, bias=False)]
+        g, size = _ch(growth, width), img_size; c = 2 * g; layers = [nn.Conv2d(in_chans, c, 3, padding=1, bias=False)]
         for i, n in enumerate(blocks):
             for _ in range(n): layers.append(DenseLayer(c, g)); c += g
             if i < len(blocks) - 1:
                 co = int(math.floor(c * reduction))
-                layers += [nn.BatchNorm2d(c), nn.ReLU(inplace=True), nn.Conv2d(c, co, 1, bias=False), nn.AvgPool2d(2)]; c = co
+                layers += [nn.BatchNorm2d(c), nn.ReLU(inplace=True), nn.Conv2d(c, co, 1, bias=False)]; c = co
+                pool = size // 2 >= min_size; size = size // 2 if pool else size
+                layers.append(nn.AvgPool2d(2) if pool else nn.Identity())   # same module indices, so the same weight names
         layers += [nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
         self.features, self.classifier = nn.Sequential(*layers), nn.Linear(c, num_classes)
     def forward(self, x): return self.classifier(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
 
-def densenet121(num_classes, in_chans=3, img_size=(32, 32), width=1.0):
+def densenet121(num_classes, in_chans=3, img_size=(32, 32), width=1.0,
+                min_size:int=1):  # smallest feature map a transition's pooling may produce (1: the published network)
     "CIFAR-style DenseNet-121 (growth 32 x width, blocks [6, 12, 24, 16])."
-    return DenseNet([6, 12, 24, 16], num_classes, in_chans, width)
+    return DenseNet([6, 12, 24, 16], num_classes, in_chans, width, img_size=min(_hw(img_size)), min_size=min_size)
 
 # %% ../nbs/02_models.ipynb #979c4975
 def bn_layers(model:nn.Module)->list:

@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 
 from .core import CVDDError, Config, RunDir, atomic_write, check_choice, get_device, load_json, make_generator, save_json, set_seed
-from .data import Data, class_counts, list_datasets, load_dataset, per_class_indices, per_class_subset
+from .data import Data, class_counts, list_datasets, load_dataset, holdout_split, per_class_indices, per_class_subset
 from .models import list_models
-from .experts import ExpertPool, ExpertRecipe, train_pool
+from .experts import ExpertPool, ExpertRecipe, resolve_pool, train_pool
 from .recover import RecoverConfig, Recovered, StepState, committee_plan, compute_priors, recover, votes_markdown
 from .relabel import LabelStore, RelabelConfig, relabel
 from .evaluate import DistilledSet, EvalConfig, EvalResult, ResultsTable, distill_priors, evaluate_set
@@ -21,8 +21,9 @@ from .widgets import grid_png
 # %% auto #0
 __all__ = ['METHODS', 'STAGES', 'TINY', 'DIGITS_DEMO', 'ExpertsSettings', 'PriorSettings', 'EvalSettings', 'student_tag',
            'RunConfig', 'set_key', 'parse_override', 'load_config', 'holdout', 'check_budget', 'LossLog',
-           'stage_experts', 'stage_priors', 'stage_recover', 'run_sets', 'stage_relabel', 'stage_evaluate',
-           'results_dict', 'votes_overview_figure', 'losses_figure', 'write_report', 'run']
+           'check_holdout', 'stage_experts', 'stage_priors', 'stage_recover', 'run_sets', 'stage_relabel',
+           'stage_evaluate', 'results_dict', 'votes_overview_figure', 'losses_figure', 'write_report', 'pool_dir',
+           'run']
 
 # %% ../nbs/08_pipeline.ipynb #79278c41
 METHODS = ('cvdd', 'sre2l++', 'random_soft', 'random_hard', 'cvdd_hard')
@@ -33,7 +34,7 @@ class ExpertsSettings(Config):
     archs:list = dataclasses.field(default_factory=lambda: ['convnet:0.5', 'resnet18:0.25', 'mobilenetv2:0.5', 'shufflenetv2:1', 'densenet121:0.25'])
     epochs:int = 20
     batch_size:int = 128
-    pool:str = ''             # an existing pool folder (`cvdd experts train`) to reuse instead of training
+    pool:str = ''             # an existing pool to reuse instead of training: a folder, or a zoo name ('zoo:fashion_mnist', '...@e1')
     train_per_class:int = 0   # train the experts on this many random images per class (0: all; a CPU budget)
     min_margin:float = 5.0    # refuse experts within this many points of chance
 
@@ -158,13 +159,9 @@ def load_config(path:str|Path|None=None,    # a TOML file (None: the defaults)
 # %% ../nbs/08_pipeline.ipynb #7b01d7bb
 def holdout(data:Data, per_class:int, seed:int=0)->Data:
     "Move `per_class` random training images of every class into a validation split that replaces the test split."
-    K = data.info.num_classes; counts = class_counts(data.train.y, K)
-    if per_class >= int(counts.min()):
-        raise CVDDError(f'valid = {per_class} would leave no training images in a class of {data.info.name} (smallest: {int(counts.min())})',
-                        f'hold out fewer than {int(counts.min())} images per class')
-    val = per_class_indices(data.train.y, per_class, seed, K); keep = torch.ones(len(data.train), dtype=torch.bool); keep[val] = False
+    rest, val = holdout_split(data, per_class, seed)
     info = dataclasses.replace(data.info, source=f'{data.info.source} (validation: {per_class} training images per class held out, seed {seed})')
-    return Data(train=data.train.subset(keep.nonzero().flatten()), test=data.train.subset(val), info=info)
+    return Data(train=rest.train, test=val, info=info)
 
 def check_budget(cfg:RunConfig, data:Data):
     "Raise if the run asks for more real images than a class of `data` has."
@@ -196,6 +193,17 @@ class LossLog:
             recs[(tuple(r['units']), r['step'])] = r
         return sorted(recs.values(), key=lambda r: r['done'])
 
+# %% ../nbs/08_pipeline.ipynb #8ded4d9a
+def check_holdout(pool:ExpertPool, cfg:RunConfig):
+    "Refuse a run whose validation split (`valid`) holds images that an expert of `pool` was trained on."
+    if not cfg.valid: return
+    for e in pool:
+        h = e.meta.holdout
+        if h is not None and (h.get('seed') != cfg.seed or h.get('per_class', 0) < cfg.valid):
+            raise CVDDError(f'expert {e.name!r} held out {h.get("per_class")} images per class (seed {h.get("seed")}) but the run validates on '
+                            f'{cfg.valid} per class with seed {cfg.seed}: it was trained on some of them',
+                            f'set valid <= {h.get("per_class")} and seed = {h.get("seed")}, or train the experts in the run')
+
 # %% ../nbs/08_pipeline.ipynb #ee054e11
 def _rss_mb()->float: return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -204,7 +212,8 @@ def stage_experts(rd:RunDir, cfg:RunConfig, data:Data, quiet:bool=True)->ExpertP
     ex = cfg.stage_configs()['experts']
     with rd.stage('experts') as st:
         if ex.pool:
-            pool = ExpertPool.load(_inside(rd.path, ex.pool)); st['outputs'] = [str(ex.pool)]
+            pool = ExpertPool.load(pool_dir(rd.path, ex.pool)); st['outputs'] = [str(ex.pool)]
+            check_holdout(pool, cfg)
         else:
             archs = [(a.rpartition('=')[0] or a.partition(':')[0], *_arch_width(a)) for a in ex.archs]
             tdata = dataclasses.replace(data, train=per_class_subset(data.train, ex.train_per_class, cfg.seed, data.info.num_classes)) if ex.train_per_class else data
@@ -233,7 +242,8 @@ def _distill_priors(rd:RunDir, cfg:RunConfig, data:Data, pool:ExpertPool, quiet:
                recover={k: v for k, v in rc.to_dict().items() if k not in ('members', 'device', 'checkpoint_every', 'callback_every')},
                relabel=rl.to_dict(), student=student.to_dict())
     h = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    cache = (_inside(rd.path, ex.pool) if ex.pool else rd/'experts')/'priors'/f'distill-{h}.json'
+    shared = ex.pool and not ex.pool.startswith('zoo:')            # beside a pool folder; a zoo pool's inside the run (the zoo stays read-only)
+    cache = (_inside(rd.path, ex.pool) if shared else rd/'experts')/'priors'/f'distill-{h}.json'
     if cache.exists(): return load_json(cache, dict(priors=list))['priors']
     def one(name):
         r = recover(pool, data, rc.replace(members=[name]), out=rd/'priors'/name, priors=[1.0] * len(pool), quiet=quiet)
@@ -400,6 +410,10 @@ def _inside(out:Path, p:str)->Path:
         raise CVDDError(f'path {str(p)!r} in the config leaves the run folder {out}', 'use a path inside the run folder, or an absolute path')
     return full
 
+def pool_dir(out:Path, ref:str)->Path:
+    "The folder of `experts.pool`: a zoo name ('zoo:mnist'), or a path as `_inside` reads it."
+    return resolve_pool(ref) if ref.startswith('zoo:') else _inside(out, ref)
+
 def run(config:RunConfig|dict|str|Path|None=None,   # a RunConfig, a dict, or a TOML file
         out:str|Path|None=None,                     # the run folder (default runs/<name>)
         until:str='report',                         # last stage to run
@@ -412,10 +426,10 @@ def run(config:RunConfig|dict|str|Path|None=None,   # a RunConfig, a dict, or a 
     old = out/'manifest.json'
     if old.exists() and load_json(old).get('config') not in (None, cfg.to_dict()):
         raise CVDDError(f'{out} holds a run made with a different config', 'use another --out folder, or the config that made it')
-    pool_dir = cfg.stage_configs()['experts'].pool
-    if pool_dir and not (_inside(out, pool_dir)/'pool.json').exists():
-        raise CVDDError(f'experts.pool: {_inside(out, pool_dir)} holds no pool.json', 'point it at a folder written by `cvdd experts train` '
-                        '(a relative path is taken inside the run folder; give an absolute path otherwise)')
+    pool_ref = cfg.stage_configs()['experts'].pool
+    if pool_ref and not (pool_dir(out, pool_ref)/'pool.json').exists():
+        raise CVDDError(f'experts.pool: {pool_dir(out, pool_ref)} holds no pool.json', 'point it at a folder written by `cvdd experts train` '
+                        '(a relative path is taken inside the run folder; give an absolute path otherwise) or at a zoo name')
     data = load_dataset(cfg.dataset, root=cfg.root or None)
     if cfg.valid: data = holdout(data, cfg.valid, cfg.seed)
     check_budget(cfg, data)

@@ -62,8 +62,24 @@ def test_spec_records_arch_kwargs():
     m = create_model('convnet', 10, 1, 28, width=0.5, depth=2, net_width=64)
     fct.test_eq(m.cvdd_spec, dict(name='convnet', num_classes=10, in_chans=1, img_size=28, width=0.5,
                                   kwargs=dict(depth=2, net_width=64)))
-    fct.test_eq(create_model('shufflenetv2', 10).cvdd_spec['kwargs'], dict(scale=0.5))
+    fct.test_eq(create_model('shufflenetv2', 10).cvdd_spec['kwargs'], dict(scale=0.5, min_size=1))
     fct.test_eq(create_model('resnet18', 10, img_size=(28, 32), width=0.25).cvdd_spec['img_size'], [28, 32])
+
+
+@pytest.mark.parametrize('name', ['resnet18', 'resnet50', 'mobilenetv2', 'shufflenetv2', 'densenet121'])
+def test_min_size_keeps_resolution(name):
+    "min_size stops the downsampling: the last feature map of an 8 px image is 4 px, not 1 px; the weights are the same."
+    side = {}
+    def last_map(m, size, **kw):
+        net = create_model(name, 10, 1, size, width=0.25, **kw)
+        convs = [l for l in net.modules() if isinstance(l, torch.nn.Conv2d)]
+        convs[-1].register_forward_hook(lambda mod, i, o: side.__setitem__('s', o.shape[-1]))
+        net.eval()(torch.randn(2, 1, size, size)); return side['s'], net
+    s1, n1 = last_map(None, 8); s4, n4 = last_map(None, 8, min_size=4)
+    fct.test_eq((s1, s4), (1, 4))
+    fct.test_eq(shapes(n1), shapes(n4))
+    if name != 'densenet121':                                     # strided convs round up: 28 -> 14 -> 7 -> 4 either way
+        fct.test_eq(last_map(None, 28, min_size=4)[0], last_map(None, 28)[0])
 
 
 def test_convnet_pooling_and_width():
