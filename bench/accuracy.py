@@ -117,10 +117,13 @@ def pool_config(cfg:dict, work:Path)->tuple:
     return c, work/cfg['dataset']/'experts-run'
 
 def with_pool(cfg:dict, work:Path)->dict:
+    "The config on the dataset's shared pool: the one it names (a folder or a zoo name, e.g. 'zoo:fashion_mnist'), else the one trained here."
+    if cfg.get('experts', {}).get('pool'): return copy.deepcopy(cfg)
     c = copy.deepcopy(cfg); c.setdefault('experts', {})['pool'] = str((work/cfg['dataset']/'experts-run'/'experts').resolve()); return c
 
 def prepare(cfg:dict, work:Path)->dict:
     "A dataset's shared experts, then their distill priors (cached beside the pool): everything its runs share."
+    if cfg.get('experts', {}).get('pool', '').startswith('zoo:'): return dict(dataset=cfg['dataset'])   # shipped experts; priors per run
     pc, out = pool_config(cfg, work); run(pc, out=out, until='experts')
     c = with_pool(cfg, work); c['name'] = f"{cfg['dataset']}-priors"
     run(c, out=work/cfg['dataset']/c['name'], until='priors')

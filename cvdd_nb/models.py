@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from .core import CVDDError, check_choice
 
 # %% auto #0
-__all__ = ['SMALL_MODELS', 'ConvNet', 'BasicBlock', 'Bottleneck', 'ResNet', 'resnet18', 'resnet50', 'InvertedResidual',
-           'MobileNetV2', 'mobilenetv2', 'channel_shuffle', 'ShuffleUnit', 'ShuffleNetV2', 'shufflenetv2', 'DenseLayer',
-           'DenseNet', 'densenet121', 'bn_layers', 'has_batchnorm', 'count_params', 'read_state_dict', 'load_weights',
-           'list_models', 'create_model']
+__all__ = ['SMALL_MODELS', 'STUDENT_MODELS', 'ConvNet', 'BasicBlock', 'Bottleneck', 'ResNet', 'resnet18', 'resnet50',
+           'InvertedResidual', 'MobileNetV2', 'mobilenetv2', 'channel_shuffle', 'ShuffleUnit', 'ShuffleNetV2',
+           'shufflenetv2', 'DenseLayer', 'DenseNet', 'densenet121', 'ConvNet3', 'bn_layers', 'has_batchnorm',
+           'count_params', 'read_state_dict', 'load_weights', 'list_models', 'create_model']
 
 # %% ../nbs/02_models.ipynb #944d31f0
 def _ch(c:float,      # channel count at width 1
@@ -216,6 +216,22 @@ def densenet121(num_classes, in_chans=3, img_size=(32, 32), width=1.0,
     "CIFAR-style DenseNet-121 (growth 32 x width, blocks [6, 12, 24, 16])."
     return DenseNet([6, 12, 24, 16], num_classes, in_chans, width, img_size=min(_hw(img_size)), min_size=min_size)
 
+# %% ../nbs/02_models.ipynb #eee5262e
+class ConvNet3(nn.Module):
+    "ConvNet-3 of the DC/DSA/MTT evaluations: `depth` x [conv3x3, instance norm, ReLU, AvgPool2], linear head."
+    def __init__(self, num_classes:int, in_chans:int=3, img_size=(32, 32), width:float=1.0,
+                 depth:int=3,          # number of conv blocks
+                 net_width:int=128):   # channels per block at width 1
+        super().__init__()
+        c, pad0, layers = _ch(net_width, width), 3 if in_chans == 1 else 1, []    # DC: grey images get 3 px of padding (28 -> 32)
+        h, w = (s + 2 * pad0 - 2 for s in _hw(img_size))
+        for i in range(depth):
+            layers += [nn.Conv2d(in_chans if i == 0 else c, c, 3, padding=pad0 if i == 0 else 1), nn.GroupNorm(c, c, affine=True),
+                       nn.ReLU(inplace=True), nn.AvgPool2d(2)]
+            h, w = h // 2, w // 2
+        self.features, self.classifier = nn.Sequential(*layers), nn.Linear(c * h * w, num_classes)
+    def forward(self, x): return self.classifier(self.features(x).flatten(1))
+
 # %% ../nbs/02_models.ipynb #979c4975
 def bn_layers(model:nn.Module)->list:
     "Every `nn.BatchNorm2d` in `model`, in module order (shortcut BNs too)."
@@ -325,13 +341,15 @@ def _tv_model(name, num_classes, in_chans, **kw):
 SMALL_MODELS = dict(convnet=ConvNet, resnet18=resnet18, resnet50=resnet50, mobilenetv2=mobilenetv2,
                     shufflenetv2=shufflenetv2, densenet121=densenet121)
 
-def list_models()->list:
-    "Names of the small-image architectures (`'timm:<name>'` and `'tv:<name>'` are accepted too)."
-    return list(SMALL_MODELS)
+STUDENT_MODELS = dict(convnet3=ConvNet3)   # students only: no BatchNorm, so never an expert
+
+def list_models(students:bool=False)->list:
+    "Names of the small-image expert architectures (and the student-only ones with `students`); `'timm:<name>'`, `'tv:<name>'` too."
+    return list(SMALL_MODELS) + (list(STUDENT_MODELS) if students else [])
 
 def _arch_kwargs(name, kw)->dict:
     "The architecture-specific arguments of `name`, defaults filled in, unknown ones rejected."
-    ps = list(inspect.signature(SMALL_MODELS[name]).parameters.values())[4:]
+    ps = list(inspect.signature({**SMALL_MODELS, **STUDENT_MODELS}[name]).parameters.values())[4:]
     unknown = sorted(set(kw) - {p.name for p in ps})
     if unknown: raise CVDDError(f'{name} takes no argument(s) {", ".join(unknown)}',
                                 f'{name} accepts: {", ".join(p.name for p in ps) or "no extra arguments"}')
@@ -359,9 +377,9 @@ def _build(name, num_classes, in_chans, hw, width, kw):
     if kind in ('timm', 'tv'):
         if width != 1: raise CVDDError(f'width={width} only applies to the small architectures, not {name!r}', 'leave width=1.0 for timm / torchvision models')
         return (_timm_model if kind == 'timm' else _tv_model)(sub, num_classes, in_chans, **kw), kw
-    check_choice('model', name, list_models() + ['timm:<name>', 'tv:<name>'])
+    check_choice('model', name, list_models(students=True) + ['timm:<name>', 'tv:<name>'])
     kw = _arch_kwargs(name, kw)
-    return SMALL_MODELS[name](num_classes, in_chans, hw, width, **kw), kw
+    return {**SMALL_MODELS, **STUDENT_MODELS}[name](num_classes, in_chans, hw, width, **kw), kw
 
 def create_model(name:str,          # 'convnet', 'resnet18', ..., 'timm:<name>' or 'tv:<name>'
                  num_classes:int,   # number of classes (>= 2)

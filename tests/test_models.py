@@ -203,7 +203,7 @@ def test_malicious_pickle_refused(tmp_path, via):
 
 
 def test_bad_names_and_args():
-    valid = 'use one of: convnet, resnet18, resnet50, mobilenetv2, shufflenetv2, densenet121, timm:<name>, tv:<name>'
+    valid = 'use one of: convnet, resnet18, resnet50, mobilenetv2, shufflenetv2, densenet121, convnet3, timm:<name>, tv:<name>'
     fct.test_fail(lambda: create_model('resnet', 10), contains=valid)
     fct.test_fail(lambda: create_model('foo:resnet18', 10), contains=valid)
     fct.test_fail(lambda: create_model('resnet18', 1), contains='num_classes must be an integer >= 2')

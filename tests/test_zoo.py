@@ -91,3 +91,12 @@ def test_cli_lists_and_checks_a_zoo_pool():
     out = subprocess.run([CVDD, 'experts', 'check', 'zoo:digits@e1', '--dataset', 'digits'],
                          capture_output=True, text=True)
     assert out.returncode == 0 and '6 experts fit digits' in out.stdout, out.stderr
+
+def test_a_run_on_a_zoo_pool(tmp_path):
+    "A config names a zoo pool instead of training experts; a validation split larger than the zoo's hold-out is refused."
+    from cvdd_nb.pipeline import TINY, run
+    cfg = dict(TINY, experts=dict(pool='zoo:digits@e1'), valid=20)
+    res = run(cfg, out=tmp_path/'run')
+    fct.test_eq([r['name'] for r in res['experts']], [e[0] for e in ZOO['digits'].experts])
+    assert not (ROOT/'zoo'/'digits'/'e1'/'priors').exists()            # nothing is written into the zoo
+    with pytest.raises(CVDDError, match='it was trained on some of them'): run(dict(cfg, valid=30), out=tmp_path/'run30')
