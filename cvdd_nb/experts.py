@@ -14,7 +14,7 @@ from safetensors.torch import save as st_save
 
 import cvdd_nb
 
-from .core import CVDDError, Config, atomic_write, check_choice, get_device, load_json, progress, save_json, set_seed, make_generator, versions, autocast
+from .core import CVDDError, Config, FolderLock, atomic_write, check_choice, get_device, load_json, progress, save_json, set_seed, make_generator, versions, autocast
 from .data import Data, DatasetInfo, Split, normalize, load_dataset, holdout_split
 from .models import bn_layers, count_params, create_model, has_batchnorm, read_state_dict
 
@@ -239,8 +239,10 @@ def train_expert(arch:str,                      # a `create_model` name, e.g. 'r
     return expert
 
 # %% ../nbs/03_experts.ipynb #bc435685
-def _check(self:Expert, info:DatasetInfo, min_margin:float=5.0):
-    "Raise a `CVDDError` if this expert does not fit `info`; return self."
+def _check(self:Expert, info:DatasetInfo,
+           min_margin:float|None=None):   # points above chance it must score; None: what it was last accepted with (5.0 at first)
+    "Raise a `CVDDError` if this expert does not fit `info`; return self (remembering the margin it passed with)."
+    min_margin = getattr(self, 'min_margin', 5.0) if min_margin is None else min_margin
     m, who = self.meta, f'expert {self.name!r} (trained on {self.meta.dataset})'
     if len(m.class_names) != info.num_classes:
         raise CVDDError(f'{who} has {len(m.class_names)} classes but dataset {info.name} has {info.num_classes}',
@@ -266,6 +268,7 @@ def _check(self:Expert, info:DatasetInfo, min_margin:float=5.0):
     if m.test_acc is not None and m.test_acc < self.chance + min_margin:
         raise CVDDError(f'{who} scores {m.test_acc:.1f}% on the test set, near chance ({self.chance:.1f}%): it is broken, '
                         'untrained or mis-ordered', 'retrain it (more epochs) or drop it from the pool; pass min_margin=0 to use it anyway')
+    self.min_margin = min_margin        # later stages re-check with the margin the user allowed
     return self
 Expert.check = _check
 
@@ -344,8 +347,8 @@ class ExpertPool:
     @property
     def names(self)->list: return [e.name for e in self.experts]
 
-    def check(self, info:DatasetInfo, min_margin:float=5.0):
-        "Check every expert against `info`."
+    def check(self, info:DatasetInfo, min_margin:float|None=None):
+        "Check every expert against `info` (`min_margin` None: the margin each was last accepted with, 5.0 at first)."
         for e in self.experts: e.check(info, min_margin)
         return self
 
@@ -418,6 +421,12 @@ def train_pool(archs:list,                   # architecture names, or (name, arc
                seed:int=0,                   # expert i is trained with seed + i
                device=None, quiet:bool=False)->ExpertPool:
     "Train (or resume) a pool of experts of different architectures."
+    lock, experts = FolderLock(out) if out is not None else None, []
+    try: return _train_pool(archs, data, out, recipe, width, seed, device, quiet)
+    finally:
+        if lock: lock.release()
+
+def _train_pool(archs, data, out, recipe, width, seed, device, quiet)->ExpertPool:
     experts = []
     for i, a in enumerate(archs):
         name, arch, w = (a, a, width) if isinstance(a, str) else tuple(a)

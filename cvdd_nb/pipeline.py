@@ -434,6 +434,11 @@ def run(config:RunConfig|dict|str|Path|None=None,   # a RunConfig, a dict, or a 
     if cfg.valid: data = holdout(data, cfg.valid, cfg.seed)
     check_budget(cfg, data)
     rd = RunDir(out, config=cfg.to_dict(), seed=cfg.seed); set_seed(cfg.seed)
+    try: return _run_stages(rd, cfg, data, until, callbacks, quiet, stop_after)
+    finally: rd.lock.release()                 # the folder is free for the next process (a resume, `cvdd show`)
+
+def _run_stages(rd:RunDir, cfg:RunConfig, data:Data, until:str, callbacks, quiet:bool, stop_after)->dict|None:
+    "The stages of `run`, in order, up to `until`."
     pool = stage_experts(rd, cfg, data, quiet)
     if until == 'experts': return None
     priors = stage_priors(rd, cfg, data, pool, quiet)
