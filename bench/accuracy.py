@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch
 
-from cvdd_nb.core import atomic_write, load_json, save_json, versions
+from cvdd_nb.core import CVDDError, atomic_write, load_json, save_json, versions
 from cvdd_nb.data import load_dataset
 from cvdd_nb.experts import ExpertRecipe, train_expert
 from cvdd_nb.evaluate import EvalConfig
@@ -299,6 +299,9 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.full_epochs is None: a.full_epochs = 0 if a.quick else 1      # --quick leaves out the full-data bound unless asked
     a.root = dict(r.split('=', 1) for r in a.root)
-    ablation(a) if a.ablation else benchmark(a)
+    try: ablation(a) if a.ablation else benchmark(a)
+    except CVDDError as e: print(f'bench: error: {e}', file=sys.stderr); sys.exit(2)         # one message, as `cvdd` gives
+    except KeyboardInterrupt:
+        print('bench: stopped (Ctrl-C); run the same command again to resume', file=sys.stderr); sys.exit(130)
 
 if __name__ == '__main__': main()

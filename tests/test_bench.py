@@ -47,3 +47,25 @@ def test_ablation_one_change_at_a_time(tmp_path):
     cfg = load_json(tmp_path/'work/ablation/abl-init-noise/manifest.json')['config']
     fct.test_eq((cfg['recover']['init'], cfg['valid'], cfg['evaluate']['methods']), ('noise', 20, ['cvdd']))
     assert 'validation split of 20 training images per class' in (tmp_path/'abl.md').read_text()
+
+def test_benchmark_ctrl_c_and_locked_folders(tmp_path):
+    "Ctrl-C: exit 130 with its one line; a run folder another process holds: the one-line error naming that process."
+    import signal, time
+    args = [sys.executable, str(ROOT/'bench'/'accuracy.py'), '--datasets', 'digits', '--ipcs', '1', '--full-epochs', '0',
+            '--work', str(tmp_path/'work'), '--results', str(tmp_path/'acc'), '--set', *TINY[:5], 'recover.iterations=4000',
+            'evaluate.student.epochs=2', 'evaluate.student.width=0.25', 'evaluate.seeds=[0]']
+    p = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)
+    for _ in range(900):
+        if any('recover_cvdd' in m.read_text() for m in (tmp_path/'work').rglob('manifest.json')): break
+        time.sleep(0.1)
+    p.send_signal(signal.SIGINT); _, err = p.communicate(timeout=120)
+    fct.test_eq(p.returncode, 130)
+    fct.test_eq(err.strip().splitlines()[-1], 'bench: stopped (Ctrl-C); run the same command again to resume')
+    run_dir = next(m.parent for m in (tmp_path/'work').rglob('manifest.json') if 'recover_cvdd' in m.read_text())
+    holder = subprocess.Popen([sys.executable, '-c', f'import time; from cvdd_nb.core import FolderLock; FolderLock({str(run_dir)!r}); '
+                               'print("locked", flush=True); time.sleep(120)'], stdout=subprocess.PIPE, text=True, env=ENV)
+    assert holder.stdout.readline().strip() == 'locked'
+    r = subprocess.run(args, capture_output=True, text=True, env=ENV, cwd=ROOT)
+    holder.kill(); holder.wait()
+    fct.test_eq(r.returncode, 2)
+    assert f'is in use by process {holder.pid}' in r.stderr.strip().splitlines()[0], r.stderr[-2000:]
