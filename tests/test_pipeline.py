@@ -11,24 +11,6 @@ ROOT = Path(__file__).resolve().parent.parent
 CVDD = str(Path(sys.executable).parent/'cvdd')
 ENV = {**os.environ, 'CVDD_PROGRESS': '0', 'OMP_NUM_THREADS': '1'}
 
-def _toml(d:dict)->str:
-    "A tiny TOML writer for the test configs (tables one level deep plus [evaluate.student])."
-    top = [f'{k} = {json.dumps(v)}' for k, v in d.items() if not isinstance(v, dict)]
-    for k, v in d.items():
-        if isinstance(v, dict):
-            top.append(f'[{k}]'); top += [f'{a} = {json.dumps(b)}' for a, b in v.items() if not isinstance(b, dict)]
-            top += [f'[{k}.{a}]\n' + '\n'.join(f'{x} = {json.dumps(y)}' for x, y in b.items()) for a, b in v.items() if isinstance(b, dict)]
-    return '\n'.join(top) + '\n'
-
-@pytest.fixture(scope='module')
-def tiny_cfg(tmp_path_factory):
-    "TINY with its two experts trained once, here, and reused by every run (`experts.pool`)."
-    d = tmp_path_factory.mktemp('cfg')
-    from cvdd_nb.data import load_dataset
-    from cvdd_nb.experts import train_pool
-    train_pool([('convnet', 'convnet', 0.25), ('resnet18', 'resnet18', 0.125)], load_dataset('digits'), d/'pool', dict(epochs=3), quiet=True)
-    p = d/'tiny.toml'; p.write_text(_toml(dict(TINY, experts=dict(pool=str(d/'pool'))))); return p
-
 def test_cli_run_end_to_end(tiny_cfg, tmp_path):
     r = subprocess.run([CVDD, '--quiet', 'run', '--config', str(tiny_cfg), '--out', str(tmp_path/'run')], capture_output=True, text=True, env=ENV)
     assert r.returncode == 0, r.stderr

@@ -15,27 +15,11 @@ from cvdd_nb.pipeline import TINY, run
 CVDD = str(Path(sys.executable).parent/'cvdd')
 ENV = {**os.environ, 'CVDD_PROGRESS': '0', 'OMP_NUM_THREADS': '1'}
 
-def _toml(d:dict)->str:
-    out = [f'{k} = {json.dumps(v)}' for k, v in d.items() if not isinstance(v, dict)]
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.append(f'[{k}]'); out += [f'{a} = {json.dumps(b)}' for a, b in v.items() if not isinstance(b, dict)]
-            out += [f'[{k}.{a}]\n' + '\n'.join(f'{x} = {json.dumps(y)}' for x, y in b.items()) for a, b in v.items() if isinstance(b, dict)]
-    return '\n'.join(out) + '\n'
-
 @pytest.fixture(scope='module')
-def cfg_file(tmp_path_factory):
-    "TINY on a pool trained once here; one student seed."
-    from cvdd_nb.experts import train_pool
-    d = tmp_path_factory.mktemp('cfg')
-    train_pool([('convnet', 'convnet', 0.25), ('resnet18', 'resnet18', 0.125)], load_dataset('digits'), d/'pool', dict(epochs=3), quiet=True)
-    p = d/'tiny.toml'; p.write_text(_toml(dict(TINY, experts=dict(pool=str(d/'pool'))))); return p
-
-@pytest.fixture(scope='module')
-def reference(cfg_file, tmp_path_factory):
+def reference(tiny_cfg, tmp_path_factory):
     "The results of an uninterrupted run."
     out = tmp_path_factory.mktemp('ref')/'run'
-    fct.test_eq(main(['--quiet', 'run', '--config', str(cfg_file), '--out', str(out)]), 0)
+    fct.test_eq(main(['--quiet', 'run', '--config', str(tiny_cfg), '--out', str(out)]), 0)
     return load_json(out/'results.json')['methods']
 
 def accs(out:Path)->dict: return {m: r['accs'] for m, r in load_json(out/'results.json')['methods'].items()}
@@ -59,7 +43,7 @@ def test_file_modes_follow_the_umask(tmp_path, umask, mode):
     files = [p for p in (tmp_path/'pool').rglob('*') if p.is_file()]
     assert len(files) >= 4 and all(p.stat().st_mode & 0o777 == mode for p in files), [(p.name, oct(p.stat().st_mode)) for p in files]
 
-def test_full_disk_is_one_line_and_resumes(cfg_file, reference, tmp_path):
+def test_full_disk_is_one_line_and_resumes(tiny_cfg, reference, tmp_path):
     "The 12th file write hits a full disk: exit 2 and one line naming the file and the fix; the rerun gives the uninterrupted results."
     real, calls = os.fsync, []
     def fsync(fd):
@@ -68,33 +52,33 @@ def test_full_disk_is_one_line_and_resumes(cfg_file, reference, tmp_path):
         return real(fd)
     err = io.StringIO()
     with mock.patch('cvdd_nb.core.os.fsync', fsync), contextlib.redirect_stderr(err):
-        rc = main(['--quiet', 'run', '--config', str(cfg_file), '--out', str(tmp_path/'run')])
+        rc = main(['--quiet', 'run', '--config', str(tiny_cfg), '--out', str(tmp_path/'run')])
     fct.test_eq(rc, 2)
     lines = [l for l in err.getvalue().splitlines() if l.strip()]
     assert lines[0].startswith('cvdd: error: cannot write ') and 'the disk is full' in lines[0] and 'MiB free' in lines[0], lines
     assert len(lines) == 2 and 'another --out folder' in lines[1], lines
     assert not list((tmp_path/'run').rglob('*.tmp'))                                       # nothing half-written left
-    fct.test_eq(main(['--quiet', 'run', '--config', str(cfg_file), '--out', str(tmp_path/'run')]), 0)
+    fct.test_eq(main(['--quiet', 'run', '--config', str(tiny_cfg), '--out', str(tmp_path/'run')]), 0)
     fct.test_eq(accs(tmp_path/'run'), {m: r['accs'] for m, r in reference.items()})
 
 STAGE_CALLS = dict(experts='cvdd_nb.pipeline.ExpertPool.load', priors='cvdd_nb.pipeline.compute_priors',
                    recover_cvdd='cvdd_nb.pipeline.recover', relabel='cvdd_nb.pipeline.relabel', evaluate='cvdd_nb.pipeline.evaluate_set')
 
 @pytest.mark.parametrize('stage', list(STAGE_CALLS))
-def test_ctrl_c_in_each_stage(cfg_file, reference, tmp_path, stage):
+def test_ctrl_c_in_each_stage(tiny_cfg, reference, tmp_path, stage):
     "Ctrl-C inside a stage: exit 130 and one line naming the stage; the same command then gives the uninterrupted results."
     err = io.StringIO()
     with mock.patch(STAGE_CALLS[stage], side_effect=KeyboardInterrupt), contextlib.redirect_stderr(err):
-        rc = main(['--quiet', 'run', '--config', str(cfg_file), '--out', str(tmp_path/'run')])
+        rc = main(['--quiet', 'run', '--config', str(tiny_cfg), '--out', str(tmp_path/'run')])
     fct.test_eq(rc, 130)
     fct.test_eq(err.getvalue().strip().splitlines(), [f'cvdd: stopped in stage {stage} (Ctrl-C); run the same command again to resume'])
     fct.test_eq(load_json(tmp_path/'run'/'manifest.json')['stages'][stage]['status'], 'stopped')
-    fct.test_eq(main(['--quiet', 'run', '--config', str(cfg_file), '--out', str(tmp_path/'run')]), 0)
+    fct.test_eq(main(['--quiet', 'run', '--config', str(tiny_cfg), '--out', str(tmp_path/'run')]), 0)
     fct.test_eq(accs(tmp_path/'run'), {m: r['accs'] for m, r in reference.items()})
 
-def test_sigint_from_the_terminal(cfg_file, tmp_path):
+def test_sigint_from_the_terminal(tiny_cfg, tmp_path):
     "A real SIGINT to a running `cvdd run`: exit 130, one line on stderr, no traceback."
-    p = subprocess.Popen([CVDD, '--quiet', 'run', '--config', str(cfg_file), '--out', str(tmp_path/'run'), '--set', 'recover.iterations=5000'],
+    p = subprocess.Popen([CVDD, '--quiet', 'run', '--config', str(tiny_cfg), '--out', str(tmp_path/'run'), '--set', 'recover.iterations=5000'],
                          stderr=subprocess.PIPE, text=True, env=ENV)
     for _ in range(600):
         m = tmp_path/'run'/'manifest.json'
@@ -112,10 +96,10 @@ def _holder(folder:Path)->subprocess.Popen:
     return p
 
 @pytest.mark.parametrize('cmd', ['run', 'experts'])
-def test_one_process_per_folder(cfg_file, tmp_path, cmd):
+def test_one_process_per_folder(tiny_cfg, tmp_path, cmd):
     "A second process is refused with the first one's pid; once that one is killed, its lock is taken over with a warning."
     out = tmp_path/'run'
-    args = ['--quiet', 'run', '--config', str(cfg_file), '--out', str(out)] if cmd == 'run' else \
+    args = ['--quiet', 'run', '--config', str(tiny_cfg), '--out', str(out)] if cmd == 'run' else \
            ['--quiet', 'experts', 'train', '--arch', 'convnet:0.25', '--epochs', '4', '--out', str(out)]
     first = _holder(out)
     r = subprocess.run([CVDD, *args], capture_output=True, text=True, env=ENV)
