@@ -14,7 +14,7 @@ resumable run folder under --work (default bench/.cache/accuracy, git-ignored): 
 where it stopped. The experts of a dataset are trained once and shared by all of its runs.
 """
 from __future__ import annotations
-import argparse, concurrent.futures as cf, copy, json, math, os, platform, statistics, subprocess, sys, time, tomllib
+import argparse, concurrent.futures as cf, copy, json, os, sys, time, tomllib
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -28,6 +28,7 @@ from cvdd_nb.data import load_dataset
 from cvdd_nb.experts import ExpertRecipe, train_expert
 from cvdd_nb.evaluate import EvalConfig
 from cvdd_nb.pipeline import RunConfig, parse_override, run, set_key, student_tag
+from cvdd_nb.zoo import git_commit as zoo_git_commit, machine
 
 METHODS = ('cvdd', 'sre2l++', 'random_soft', 'random_hard')
 
@@ -61,17 +62,8 @@ def read_config(dataset:str, ipc:int)->dict:
     with open(p, 'rb') as f: return tomllib.load(f)
 
 def git_commit()->str:
-    if os.environ.get('CVDD_COMMIT'): return os.environ['CVDD_COMMIT']      # a copy of the tree without .git (a remote machine)
-    try:
-        git = lambda *a: subprocess.run(['git', *a], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = git('status', '--porcelain', '--untracked-files=no', '--', '.', ':(exclude)bench/results')   # not the tables this script rewrites
-        return git('rev-parse', '--short', 'HEAD') + ('+uncommitted changes' if dirty else '')
-    except Exception: return 'unknown'
-
-def machine(device:str)->str:
-    cpu = platform.processor() or platform.machine()
-    if device.startswith('cuda') and torch.cuda.is_available(): return f'{torch.cuda.get_device_name(0)} ({os.cpu_count()} CPU cores)'
-    return f'{cpu}, {torch.get_num_threads()} thread(s) of {os.cpu_count()} core(s)'
+    "The commit of everything but the tables this script rewrites."
+    return zoo_git_commit(ROOT, paths=('.', ':(exclude)bench/results'))
 
 
 # ----------------------------------------------------------------------------------------------------------- runs

@@ -391,10 +391,14 @@ def resolve_pool(ref:str|Path)->Path:
     return path
 
 # %% ../nbs/03_experts.ipynb #2c0a512e
-def _pool_save(self:ExpertPool, path:str|Path)->Path:
+def _pool_save(self:ExpertPool, path:str|Path,
+               index_only:bool=False)->Path:  # write only pool.json and pool.md (the experts are in their folders already)
     "Save every expert to `path/<name>/`, the pool's index to `path/pool.json` and its table to `pool.md`."
     path = Path(path)
-    for e in self.experts: e.save(path/e.name)
+    if index_only:
+        missing = [e.name for e in self.experts if not (path/e.name/'expert.json').exists()]
+        if missing: raise CVDDError(f'{path} lacks the expert folder(s) {missing}', 'save the pool with index_only=False')
+    for e in [] if index_only else self.experts: e.save(path/e.name)
     save_json(path/'pool.json', dict(dataset=self.experts[0].meta.dataset, experts=self.names, table=self.table()))
     atomic_write(path/'pool.md', self.to_markdown() + '\n')
     return path

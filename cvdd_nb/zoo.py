@@ -4,15 +4,15 @@
 
 # %% ../nbs/03a_zoo.ipynb #de10e9d9
 from __future__ import annotations
-import concurrent.futures as cf, dataclasses, multiprocessing, os, platform, shlex, subprocess, sys, time
+import concurrent.futures as cf, dataclasses, multiprocessing, os, platform, subprocess, time
 from pathlib import Path
 
 import torch
 
 import cvdd_nb
-from .core import CVDDError, FolderLock, atomic_write, check_choice, load_json, save_json
+from .core import FolderLock, atomic_write, check_choice
 from .data import Data, holdout_split, load_dataset
-from .experts import Expert, ExpertPool, ExpertRecipe, resolve_pool, train_expert, zoo_root
+from .experts import Expert, ExpertPool, ExpertRecipe, train_expert, zoo_root
 
 # %% auto #0
 __all__ = ['ZOO', 'ZooSpec', 'git_commit', 'machine', 'train_zoo_expert', 'build_zoo', 'save_zoo_pools', 'zoo_markdown',
@@ -48,20 +48,22 @@ ZOO = dict(
     fashion_mnist=ZooSpec('fashion_mnist', _ARCHS28, dict(epochs=10, batch_size=128, pad=2), _FAST28, minutes=_MIN28))
 
 # %% ../nbs/03a_zoo.ipynb #678dc481
-def git_commit(repo:str|Path|None=None)->str:
-    "The commit of the code (`+uncommitted changes` when the tracked files differ), or 'unknown' outside git."
+def git_commit(repo:str|Path|None=None,      # the repository (default: the one holding this package)
+               paths:tuple=('cvdd_nb', 'nbs', 'settings.ini', 'setup.py'))->str:  # the tracked files that count as "the code"
+    "The commit of the code (`+uncommitted changes` when files under `paths` differ from it), or 'unknown' outside git."
     if os.environ.get('CVDD_COMMIT'): return os.environ['CVDD_COMMIT']     # a copy of the tree without .git
     repo = Path(repo or Path(cvdd_nb.__file__).resolve().parent.parent)
     try:
         git = lambda *a: subprocess.run(['git', *a], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = git('status', '--porcelain', '--untracked-files=no', '--', 'cvdd_nb', 'nbs', 'settings.ini', 'setup.py')
+        dirty = git('status', '--porcelain', '--untracked-files=no', '--', *paths)
         return git('rev-parse', '--short', 'HEAD') + ('+uncommitted changes' if dirty else '')
     except Exception: return 'unknown'
 
 # %% ../nbs/03a_zoo.ipynb #f97298ad
-def machine()->str:
-    "The processor (or GPU) and the threads this process uses."
-    if torch.cuda.is_available(): return f'{torch.cuda.get_device_name(0)} ({os.cpu_count()} CPU cores)'
+def machine(device:str|None=None)->str:
+    "The processor (or, when `device` is CUDA or unset and a GPU is there, the GPU) and the threads this process uses."
+    if torch.cuda.is_available() and (device is None or str(device).startswith('cuda')):
+        return f'{torch.cuda.get_device_name(0)} ({os.cpu_count()} CPU cores)'
     cpu = platform.processor() or platform.machine()
     try: cpu = next(l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name'))
     except (OSError, StopIteration): pass
@@ -131,7 +133,8 @@ def save_zoo_pools(spec:ZooSpec, out:str|Path)->ExpertPool|None:
     out = Path(out); dirs = [_expert_dirs(out, spec, n) for n, *_ in spec.experts]
     if not all((d[k]/'expert.json').exists() for d in dirs for k in d): return None
     for k in ['final', *spec.snapshots]:
-        pool = ExpertPool([Expert.load(d[k]) for d in dirs]); pool.save(out/spec.dataset if k == 'final' else out/spec.dataset/f'e{k}')
+        pool = ExpertPool([Expert.load(d[k]) for d in dirs])        # each expert is in its folder already: write the index
+        pool.save(out/spec.dataset if k == 'final' else out/spec.dataset/f'e{k}', index_only=True)
     write_zoo_readme(out)
     return ExpertPool.load(out/spec.dataset)
 

@@ -76,6 +76,25 @@ def test_ctrl_c_in_each_stage(tiny_cfg, reference, tmp_path, stage):
     fct.test_eq(main(['--quiet', 'run', '--config', str(tiny_cfg), '--out', str(tmp_path/'run')]), 0)
     fct.test_eq(accs(tmp_path/'run'), {m: r['accs'] for m, r in reference.items()})
 
+def _sigint_default():
+    "A child started from a background job inherits SIGINT ignored (POSIX shells do that for `cmd &`): undo it, as a terminal would have it."
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+def test_sigint_from_the_terminal(tiny_cfg, tmp_path):
+    "A real SIGINT to a running `cvdd run`, in recover: exit 130, one line on stderr, no traceback."
+    p = subprocess.Popen([CVDD, '--quiet', 'run', '--config', str(tiny_cfg), '--out', str(tmp_path/'run'), '--set', 'recover.iterations=5000'],
+                         stderr=subprocess.PIPE, text=True, env=ENV, preexec_fn=_sigint_default)
+    m = tmp_path/'run'/'manifest.json'
+    for _ in range(3000):                       # up to 5 min on a loaded machine; the stage starts after the experts
+        if m.exists() and '"recover_cvdd"' in m.read_text(): break
+        assert p.poll() is None, f'cvdd ended before recover: {p.stderr.read()}'
+        time.sleep(0.1)
+    else: p.kill(); pytest.fail('recover never started')
+    p.send_signal(signal.SIGINT); _, err = p.communicate(timeout=300)
+    fct.test_eq(p.returncode, 130)
+    fct.test_eq(err.strip().splitlines(), ['cvdd: stopped in stage recover_cvdd (Ctrl-C); run the same command again to resume'])
+    fct.test_eq(load_json(m)['stages']['recover_cvdd']['status'], 'stopped')
+
 def _holder(folder:Path)->subprocess.Popen:
     "Another process that holds the lock of `folder` until killed."
     p = subprocess.Popen([sys.executable, '-c', f'import time; from cvdd_nb.core import FolderLock; FolderLock({str(folder)!r}); '
