@@ -16,14 +16,15 @@ from .experts import ExpertPool, ExpertRecipe, resolve_pool, train_pool
 from .recover import RecoverConfig, Recovered, StepState, committee_plan, compute_priors, recover, votes_markdown
 from .relabel import LabelStore, RelabelConfig, relabel
 from .evaluate import DistilledSet, EvalConfig, EvalResult, ResultsTable, distill_priors, evaluate_set
+from .protocols import HardProtocol, evaluate_hard
 from .widgets import grid_png
 
 # %% auto #0
 __all__ = ['METHODS', 'STAGES', 'TINY', 'DIGITS_DEMO', 'ExpertsSettings', 'PriorSettings', 'EvalSettings', 'student_tag',
            'RunConfig', 'set_key', 'parse_override', 'load_config', 'holdout', 'check_budget', 'LossLog',
            'check_holdout', 'stage_experts', 'stage_priors', 'stage_recover', 'run_sets', 'stage_relabel',
-           'stage_evaluate', 'results_dict', 'votes_overview_figure', 'losses_figure', 'write_report', 'pool_dir',
-           'run']
+           'stage_evaluate', 'hard_tag', 'results_dict', 'votes_overview_figure', 'losses_figure', 'write_report',
+           'pool_dir', 'run']
 
 # %% ../nbs/08_pipeline.ipynb #79278c41
 METHODS = ('cvdd', 'sre2l++', 'random_soft', 'random_hard', 'cvdd_hard')
@@ -55,6 +56,9 @@ class EvalSettings(Config):
     methods:list = dataclasses.field(default_factory=lambda: ['cvdd', 'sre2l++', 'random_soft', 'random_hard'])
     student:dict = dataclasses.field(default_factory=dict)   # `EvalConfig` settings
     students:list = dataclasses.field(default_factory=list)  # more students (tables like `student`), each trained on every method
+    hard_protocol:str = 'kd'  # how the hard-label methods train: 'kd' (each student above, with cross-entropy) or
+                              # 'dc' (once, a ConvNet-3 with SGD and DSA: the protocol of the DC/DSA/MTT tables)
+    hard:dict = dataclasses.field(default_factory=dict)      # 'dc': `HardProtocol` settings, e.g. epochs = 1000
 
 def student_tag(s:EvalConfig)->str:
     "A student's short name in file names and tables, e.g. `resnet18-w0.5`."
@@ -70,6 +74,7 @@ class RunConfig(Config):
     ipc:int = 10
     seed:int = 0
     valid:int = 0             # hold out this many training images per class and score on them instead of the test split (tuning)
+    valid_seed:int|None = None  # the draw of that hold-out (None: `seed`); fix it (the zoo's is 0) to tune over several seeds
     device:str = 'auto'
     experts:dict = dataclasses.field(default_factory=dict)
     priors:dict = dataclasses.field(default_factory=dict)
@@ -86,6 +91,11 @@ class RunConfig(Config):
         for k in ('ipc', 'seed', 'device'):
             if k in self.recover: raise CVDDError(f'[recover] sets {k!r}, which is a top-level setting of the run', f'move {k} to the top of the config')
         self.stage_configs()   # validates every table
+
+    @property
+    def holdout_seed(self)->int:
+        "The seed of the validation hold-out's draw."
+        return self.seed if self.valid_seed is None else self.valid_seed
 
     def stage_configs(self)->dict:
         "The checked settings object of every stage."
@@ -104,7 +114,9 @@ class RunConfig(Config):
         rl = RelabelConfig.from_dict({'seed': self.seed, 'epochs': epochs, **self.relabel})   # labels for every student epoch
         if rl.epochs < epochs:
             raise CVDDError(f'[relabel] epochs = {rl.epochs} but the students train {epochs} epochs', 'drop relabel.epochs (it follows the students) or raise it')
-        return dict(experts=ex, priors=pr, recover=rc, relabel=rl, student=students[0], students=students, evaluate=ev)
+        check_choice('hard protocol', ev.hard_protocol, ('kd', 'dc'))
+        hard = HardProtocol.from_dict(ev.hard) if ev.hard_protocol == 'dc' else None
+        return dict(experts=ex, priors=pr, recover=rc, relabel=rl, student=students[0], students=students, evaluate=ev, hard=hard)
 
 # %% ../nbs/08_pipeline.ipynb #1fb75661
 def _default(d:dict, path:list, last:str):
@@ -199,10 +211,10 @@ def check_holdout(pool:ExpertPool, cfg:RunConfig):
     if not cfg.valid: return
     for e in pool:
         h = e.meta.holdout
-        if h is not None and (h.get('seed') != cfg.seed or h.get('per_class', 0) < cfg.valid):
+        if h is not None and (h.get('seed') != cfg.holdout_seed or h.get('per_class', 0) < cfg.valid):
             raise CVDDError(f'expert {e.name!r} held out {h.get("per_class")} images per class (seed {h.get("seed")}) but the run validates on '
-                            f'{cfg.valid} per class with seed {cfg.seed}: it was trained on some of them',
-                            f'set valid <= {h.get("per_class")} and seed = {h.get("seed")}, or train the experts in the run')
+                            f'{cfg.valid} per class with seed {cfg.holdout_seed}: it was trained on some of them',
+                            f'set valid <= {h.get("per_class")} and valid_seed = {h.get("seed")}, or train the experts in the run')
 
 # %% ../nbs/08_pipeline.ipynb #ee054e11
 def _rss_mb()->float: return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -240,7 +252,7 @@ def _distill_priors(rd:RunDir, cfg:RunConfig, data:Data, pool:ExpertPool, quiet:
                                                         cfg.seed + 1, data.info.num_classes))
     key = dict(dataset=data.info.name, source=data.info.source, experts=pool.names, seed=cfg.seed, valid=cfg.valid, distill_valid=pr.distill_valid,
                recover={k: v for k, v in rc.to_dict().items() if k not in ('members', 'device', 'checkpoint_every', 'callback_every')},
-               relabel=rl.to_dict(), student=student.to_dict())
+               relabel=rl.to_dict(), student=student.to_dict(), **({} if cfg.valid_seed is None else dict(valid_seed=cfg.valid_seed)))
     h = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     shared = ex.pool and not ex.pool.startswith('zoo:')            # beside a pool folder; a zoo pool's inside the run (the zoo stays read-only)
     cache = (_inside(rd.path, ex.pool) if shared else rd/'experts')/'priors'/f'distill-{h}.json'
@@ -301,23 +313,43 @@ def stage_relabel(rd:RunDir, cfg:RunConfig, data:Data, pool:ExpertPool, priors:l
 
 # %% ../nbs/08_pipeline.ipynb #941c8efa
 def stage_evaluate(rd:RunDir, cfg:RunConfig, data:Data, sets:dict, stores:dict, quiet:bool=True)->dict:
-    "Train every student on every method: {student tag: ResultsTable}, the first student first."
-    sc, tables = cfg.stage_configs(), {}
+    "Train every student on every method: {student tag: ResultsTable}, the first student first (then the DC protocol's, if asked)."
+    sc, tables, device = cfg.stage_configs(), {}, None if cfg.device == 'auto' else cfg.device
+    kd_sets = {m: s for m, s in sets.items() if s[2] == 'soft' or sc['hard'] is None}
     with rd.stage('evaluate') as st:
-        for i, student in enumerate(sc['students']):
+        for i, student in enumerate(sc['students'] if kd_sets else []):
             tag, rows = student_tag(student), []
             folder = rd/'evaluate' if i == 0 else rd/'evaluate'/tag
-            for m, (x, y, kind) in sets.items():
+            for m, (x, y, kind) in kd_sets.items():
                 p = folder/f'{m}.json'
                 if p.exists(): rows.append(EvalResult.from_dict(load_json(p))); continue
                 r = evaluate_set(x, y, data.info, data.test, relabel_config=sc['relabel'], config=student, seeds=tuple(sc['evaluate'].seeds),
-                                 hard=kind == 'hard', store=stores.get(m), method=m, device=None if cfg.device == 'auto' else cfg.device, quiet=quiet,
+                                 hard=kind == 'hard', store=stores.get(m), method=m, device=device, quiet=quiet,
                                  out=folder/'seeds'/m)                     # finished seeds and the student in training survive a kill
                 folder.mkdir(parents=True, exist_ok=True); save_json(p, r.to_dict()); rows.append(r)
                 shutil.rmtree(folder/'seeds'/m, ignore_errors=True)      # the method's JSON now holds every seed
             tables[tag] = ResultsTable(rows, f'{data.info.name}, IPC {cfg.ipc}, {tag} student'); tables[tag].save(folder, png=False)
+        if sc['hard'] is not None and len(kd_sets) < len(sets):
+            tables.update(_evaluate_dc(rd, cfg, data, {m: s for m, s in sets.items() if m not in kd_sets}, sc['hard'], device, quiet))
         st.update(outputs=['evaluate/'], peak_rss_mb=round(_rss_mb(), 1))
     return tables
+
+# %% ../nbs/08_pipeline.ipynb #34b9e75d
+def hard_tag(hp:HardProtocol)->str:
+    "The table name of the DC protocol's student, e.g. `convnet3-w1-dc`."
+    return f'{hp.student}-w{hp.width:g}-dc'
+
+def _evaluate_dc(rd:RunDir, cfg:RunConfig, data:Data, sets:dict, hp:HardProtocol, device, quiet:bool)->dict:
+    "The hard-label sets trained with the DC/DSA/MTT protocol, in `evaluate/<tag>/`: {tag: ResultsTable}."
+    tag, rows = hard_tag(hp), []; folder = rd/'evaluate'/tag
+    for m, (x, y, _) in sets.items():
+        p = folder/f'{m}.json'
+        if p.exists(): rows.append(EvalResult.from_dict(load_json(p))); continue
+        r = evaluate_hard(x, y, data.info, data.test, hp, seeds=tuple(cfg.stage_configs()['evaluate'].seeds), method=m,
+                          out=folder/'seeds'/m, device=device, quiet=quiet)
+        save_json(p, r.to_dict()); rows.append(r); shutil.rmtree(folder/'seeds'/m, ignore_errors=True)
+    table = ResultsTable(rows, f'{data.info.name}, IPC {cfg.ipc}, {tag} (DC protocol, hard labels)'); table.save(folder, png=False)
+    return {tag: table}
 
 # %% ../nbs/08_pipeline.ipynb #cbf0d696
 def _methods(table:ResultsTable)->dict:
@@ -431,7 +463,7 @@ def run(config:RunConfig|dict|str|Path|None=None,   # a RunConfig, a dict, or a 
         raise CVDDError(f'experts.pool: {pool_dir(out, pool_ref)} holds no pool.json', 'point it at a folder written by `cvdd experts train` '
                         '(a relative path is taken inside the run folder; give an absolute path otherwise) or at a zoo name')
     data = load_dataset(cfg.dataset, root=cfg.root or None)
-    if cfg.valid: data = holdout(data, cfg.valid, cfg.seed)
+    if cfg.valid: data = holdout(data, cfg.valid, cfg.holdout_seed)
     check_budget(cfg, data)
     rd = RunDir(out, config=cfg.to_dict(), seed=cfg.seed); set_seed(cfg.seed)
     try: return _run_stages(rd, cfg, data, until, callbacks, quiet, stop_after)

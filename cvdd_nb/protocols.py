@@ -4,21 +4,23 @@
 
 # %% ../nbs/06a_protocols.ipynb #055f6590
 from __future__ import annotations
-import dataclasses, math, time
+import dataclasses, json, math, time
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import CVDDError, Config, check_choice, get_device, make_generator, progress, set_seed
+from .core import CVDDError, Config, check_choice, get_device, load_json, make_generator, progress, save_json, set_seed
 from .data import DatasetInfo, Split
 from .models import create_model
 from .experts import NO_FLIP, evaluate_model
-from .evaluate import StudentRun
+from .evaluate import EvalResult, StudentRun
+from .relabel import images_fingerprint
 
 # %% auto #0
 __all__ = ['DSA_OPS', 'dsa_color', 'dsa_crop', 'dsa_cutout', 'dsa_flip', 'dsa_scale', 'dsa_rotate', 'dsa_strategy', 'dsa_augment',
-           'HardProtocol', 'hard_lr', 'train_hard']
+           'HardProtocol', 'hard_lr', 'train_hard', 'evaluate_hard']
 
 # %% ../nbs/06a_protocols.ipynb #8d387854
 def _u(g:torch.Generator, n:int, lo:float, hi:float, device)->torch.Tensor:
@@ -137,3 +139,29 @@ def train_hard(images:torch.Tensor,        # normalised images (N, C, H, W)
         hist.append(dict(epoch=ep, lr=hard_lr(ep, cfg), loss=total / len(x)))
     acc = evaluate_model(model, test, info, device=device) if test is not None else None
     return StudentRun(model.cpu().eval(), acc, hist, time.perf_counter() - t0)
+
+# %% ../nbs/06a_protocols.ipynb #32ff07b8
+def evaluate_hard(images:torch.Tensor, labels:torch.Tensor, info:DatasetInfo,
+                  test:Split,                    # the real split to score on
+                  config:HardProtocol|dict|None=None,
+                  seeds=(0,),                    # one student per seed
+                  method:str='set',              # the row's name
+                  out:str|Path|None=None,        # folder of finished seeds (a rerun skips them)
+                  device=None, quiet:bool=True)->EvalResult:
+    "Train one hard-label student per seed with the DC/DSA/MTT protocol; their final accuracies as a table row."
+    cfg = config if isinstance(config, HardProtocol) else HardProtocol.from_dict(config)
+    key = dict(config=cfg.to_dict(), images=images_fingerprint(images), labels=images_fingerprint(labels.float()), test=len(test))
+    runs = []
+    for s in seeds:
+        f = Path(out)/f'seed{s}.json' if out is not None else None
+        if f is not None and f.exists():
+            d = load_json(f, dict(key=dict, acc=(int, float), seconds=(int, float)))
+            if d['key'] != key: raise CVDDError(f'{f} holds the result of another student (settings, images or labels differ)', 'use another folder, or delete it')
+        else:
+            r = train_hard(images, labels, info, cfg, seed=s, test=test, device=device, quiet=quiet)
+            d = dict(key=key, seed=s, acc=r.acc, seconds=round(r.seconds, 3))
+            if f is not None: save_json(f, d)
+        runs.append(d)
+    n = labels.bincount(minlength=info.num_classes)
+    return EvalResult(method, [d['acc'] for d in runs], list(seeds), 'hard', cfg.student, int(n[0]) if bool((n == n[0]).all()) else None,
+                      len(images), cfg.epochs, round(sum(d['seconds'] for d in runs), 2), cfg.to_dict())

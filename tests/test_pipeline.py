@@ -96,3 +96,33 @@ def test_distill_priors_run_single_expert_pipelines(tiny_cfg, tmp_path):
     assert all(0 <= a <= 100 for a in p['priors'])
     for name in p['experts']: assert (tmp_path/'d/priors'/name/'recovered.json').exists()   # its own SRe2L++ images
     r = Recovered.load(tmp_path/'d/priors/convnet'); fct.test_eq(set(map(tuple, r.committee)), {('convnet',)})
+
+def test_hard_label_methods_train_with_the_dc_protocol(tiny_cfg, tmp_path):
+    """evaluate.hard_protocol = 'dc': the hard-label sets train once, a ConvNet-3 with the DC/DSA/MTT protocol, in their own
+    table; the KD student trains only the soft sets; the accuracies are those `evaluate_hard` gives for the same images."""
+    from cvdd_nb.data import load_dataset, normalize, per_class_subset
+    from cvdd_nb.protocols import evaluate_hard
+    cfg = load_config(tiny_cfg, ['evaluate.methods=["cvdd", "random_hard", "cvdd_hard"]', 'evaluate.hard_protocol="dc"', 'evaluate.hard={epochs=3}'])
+    res = run(cfg, out=tmp_path/'run')
+    fct.test_eq(set(res['by_student']), {'convnet-w0.25', 'convnet3-w1-dc'})
+    fct.test_eq(set(res['by_student']['convnet-w0.25']), {'cvdd'})
+    fct.test_eq(set(res['by_student']['convnet3-w1-dc']), {'random_hard', 'cvdd_hard'})
+    fct.test_eq(set(res['methods']), {'cvdd'})
+    row = load_json(tmp_path/'run/evaluate/convnet3-w1-dc/random_hard.json')
+    fct.test_eq((row['student'], row['labels'], row['epochs']), ('convnet3', 'hard', 3))
+    data = load_dataset('digits'); sub = per_class_subset(data.train, cfg.ipc, cfg.seed, data.info.num_classes)
+    again = evaluate_hard(normalize(sub.x, data.info), sub.y, data.info, data.test, dict(epochs=3), seeds=tuple(cfg.stage_configs()['evaluate'].seeds))
+    fct.test_eq(res['by_student']['convnet3-w1-dc']['random_hard']['accs'], again.accs)
+    with pytest.raises(CVDDError, match='hard protocol'): load_config(tiny_cfg, ['evaluate.hard_protocol="mtt"'])
+
+def test_valid_seed_fixes_the_holdout_across_run_seeds(tmp_path, data):
+    "valid_seed: runs of seeds 0 and 1 validate on the same hold-out, the zoo's check follows it."
+    from cvdd_nb.pipeline import check_holdout, holdout
+    from cvdd_nb.experts import ExpertPool, train_expert
+    a, b = RunConfig(valid=5, seed=1, valid_seed=0), RunConfig(valid=5, seed=1)
+    fct.test_eq((a.holdout_seed, b.holdout_seed), (0, 1))
+    fct.test_eq(holdout(data, 5, a.holdout_seed).test.y.tolist(), holdout(data, 5, 0).test.y.tolist())
+    assert not torch.equal(holdout(data, 5, 0).test.x, holdout(data, 5, 1).test.x)
+    e = train_expert('convnet', data, dict(epochs=1), width=0.25, quiet=True); e.meta.holdout = dict(per_class=20, seed=0)
+    pool = ExpertPool([e]); check_holdout(pool, a)                     # the hold-out it was kept out of
+    with pytest.raises(CVDDError, match='valid_seed = 0'): check_holdout(pool, b)
