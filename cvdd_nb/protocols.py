@@ -135,7 +135,7 @@ def train_hard(images:torch.Tensor,        # normalised images (N, C, H, W)
         for idx in torch.randperm(len(x), generator=g).split(cfg.batch_size):
             xb = dsa_augment(x[idx.to(device)], strategy, g) if cfg.augment else x[idx.to(device)]
             loss = F.cross_entropy(model(xb), y[idx.to(device)])
-            opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); total += float(loss) * len(idx)
+            opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); total += float(loss.detach()) * len(idx)
         hist.append(dict(epoch=ep, lr=hard_lr(ep, cfg), loss=total / len(x)))
     acc = evaluate_model(model, test, info, device=device) if test is not None else None
     return StudentRun(model.cpu().eval(), acc, hist, time.perf_counter() - t0)

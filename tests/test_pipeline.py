@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest, torch
 import fastcore.test as fct
 from cvdd_nb.core import CVDDError, load_json
-from cvdd_nb.pipeline import DIGITS_DEMO, TINY, RunConfig, load_config, run
+from cvdd_nb.pipeline import DIGITS_DEMO, TINY, RunConfig, load_config, run, student_tag
 from cvdd_nb.recover import Recovered
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,6 +83,12 @@ def test_shipped_configs_are_valid():
     for ds in ('fashion_mnist', 'mnist', 'cifar10', 'cifar100'):
         assert {f'{ds}_ipc1', f'{ds}_ipc10', f'{ds}_ipc50'} <= names, ds
     assert {'digits_ipc1', 'digits_ipc10'} <= names
+    zoo = sorted((ROOT/'configs'/'zoo').glob('*.toml'))       # the field benchmark's configs (bench/field.py)
+    fct.test_eq({f.stem for f in zoo}, {f'{ds}_ipc{i}' for ds in ('fashion_mnist', 'mnist') for i in (1, 10, 50)})
+    for f in zoo:
+        c = load_config(f); sc = c.stage_configs()
+        assert c.to_dict()['experts']['pool'] == f"zoo:{c.dataset}" and sc['hard'] is not None, f
+        fct.test_eq([student_tag(s) for s in sc['students']], ['convnet3-w1', 'resnet18-w0.5'])
 
 def test_demo_config_file_matches_the_embedded_demo():
     fct.test_eq(load_config(ROOT/'configs'/'digits_ipc10.toml').to_dict(), RunConfig.from_dict(DIGITS_DEMO).to_dict())
