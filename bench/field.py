@@ -12,11 +12,14 @@ held fixed. The first seed also trains students of the other seeds on its own se
 
 Writes bench/results/field.{json,md} (or --results) after every finished run, so a partial table is never lost; rows
 not measured yet read "pending". Every run lives in its own resumable folder under --work (default bench/.cache/field):
-a stopped benchmark picks up where it stopped. The vote priors are computed once per zoo pool, on the zoo's validation
-hold-out (never the test split), and given to every run.
+a stopped benchmark picks up where it stopped. Each finished run (and the priors, and the whole-data bound) is also
+recorded in bench/results/field_runs/ (its numbers, config, commit, machine, wall time): a small file meant to be
+committed, so a benchmark longer than one sitting accumulates across machines; a record counts only while its
+config and the zoo pool's weights are exactly those of the run it stands for (else the run is made again). The vote
+priors are computed once per zoo pool, on the zoo's validation hold-out (never the test split), and given to every run.
 """
 from __future__ import annotations
-import argparse, copy, math, statistics, sys, time, tomllib
+import argparse, copy, datetime, hashlib, math, statistics, sys, time, tomllib
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -27,7 +30,7 @@ from cvdd_nb.core import CVDDError, atomic_write, load_json, save_json, versions
 from cvdd_nb.data import load_dataset, normalize
 from cvdd_nb.experts import ExpertPool
 from cvdd_nb.protocols import HardProtocol, train_hard
-from cvdd_nb.pipeline import RunConfig, hard_tag, parse_override, run, set_key, student_tag
+from cvdd_nb.pipeline import RunConfig, hard_tag, parse_override, pool_dir, run, set_key, student_tag
 from accuracy import git_commit, machine, run_jobs
 
 SOFT = ('cvdd', 'sre2l++', 'random_soft')
@@ -57,20 +60,47 @@ def priors_config(cfg:dict, holdout:dict)->dict:
 
 def pool_holdout(cfg:dict, root:Path)->dict:
     "The validation hold-out every expert of the config's pool was kept out of (they must agree)."
-    from cvdd_nb.pipeline import pool_dir
     pool = ExpertPool.load(pool_dir(root, cfg['experts']['pool']))
     hs = {(e.meta.holdout or {}).get('seed') for e in pool} , {(e.meta.holdout or {}).get('per_class') for e in pool}
     if len(hs[0]) != 1 or len(hs[1]) != 1 or None in hs[0]:
         raise CVDDError(f"the experts of {cfg['experts']['pool']} record no common validation hold-out", 'use a zoo pool (built by `cvdd experts train --zoo`)')
     return dict(seed=hs[0].pop(), per_class=hs[1].pop())
 
-def zoo_priors(cfg:dict, work:Path)->dict:
+def zoo_priors(cfg:dict, work:Path, records:Path|None=None)->dict:
     "{expert: prior}, the reference's distill priors of the config's pool, computed once on its validation hold-out."
-    c = priors_config(cfg, pool_holdout(cfg, work)); out = work/cfg['dataset']/c['name']
-    run(c, out=out, until='priors')
+    c = priors_config(cfg, pool_holdout(cfg, work)); key = record_key(c, work)
+    if records and (r := load_record(records/cfg['dataset']/'priors.json', key)): return r['results']
+    out = work/cfg['dataset']/c['name']
+    t0 = time.perf_counter(); run(c, out=out, until='priors')
     p = load_json(out/'priors.json', dict(priors=list, experts=list))
-    return dict(values=dict(zip(p['experts'], p['priors'])), valid=c['valid'], valid_seed=c['valid_seed'], mode=p['mode'],
-                folder=str(out.relative_to(work)))
+    res = dict(values=dict(zip(p['experts'], p['priors'])), valid=c['valid'], valid_seed=c['valid_seed'], mode=p['mode'],
+               folder=str(out.relative_to(work)))
+    if records: save_record(records/cfg['dataset']/'priors.json', key, res, time.perf_counter() - t0, c.get('device', 'auto'))
+    return res
+
+
+# ----------------------------------------------------------------------------------------------------------- records
+def pool_fingerprint(cfg:dict, work:Path)->str:
+    "sha256 of the weights of every expert in the config's pool (a rebuilt zoo makes every record stale)."
+    h = hashlib.sha256()
+    for f in sorted(pool_dir(work, cfg['experts']['pool']).glob('*/model.safetensors')): h.update(f.parent.name.encode()); h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+def record_key(c:dict, work:Path)->dict:
+    "What a run's numbers depend on: its whole config (less where the data sit and which device ran it) and the pool's weights."
+    d = RunConfig.from_dict(c).to_dict(); d.pop('root', None); d.pop('device', None)
+    return dict(config=d, pool=pool_fingerprint(c, work))
+
+def load_record(p:Path, key:dict)->dict|None:
+    "The record at `p` if it was made for exactly `key`; None (and a note when one is there but stale)."
+    if not p.exists(): return None
+    r = load_json(p)
+    if r.get('key') == key: return r
+    print(f'bench: {p} was recorded for another config or pool: running it again', file=sys.stderr); return None
+
+def save_record(p:Path, key:dict, results, wall_s:float, device:str='auto'):
+    save_json(p, dict(key=key, results=results, wall_s=round(wall_s, 1), commit=git_commit(), machine=machine(device),
+                      date=datetime.date.today().isoformat(), versions=versions()))
 
 
 def full_data(dataset:str, hard:dict, epochs:int, work:Path, device:str, root:str='')->dict:
@@ -158,7 +188,8 @@ def markdown(res:dict, published:dict)->str:
     md = [f"# The field's protocol{'' if meta['complete'] else ' (partial: the runs finished so far)'}", '',
           f"Final-epoch top-1 accuracy (%) on the real test split, mean ± std over {meta['seeds']} seed(s) of the whole distillation "
           f"(each seed its own recover, random draw and student; the expert zoo fixed). Command: `{meta['command']}` at commit "
-          f"`{meta['commit']}`, {meta['machine']}, {meta['wall_s'] / 60:.1f} min in all. Ours: the protocol named in each row "
+          f"`{meta['commit']}`, {meta['machine']}, {meta['wall_s'] / 60:.1f} min for this call; the runs it reports took "
+          f"{sum(r['wall_s'] for r in meta['runs']) / 60:.1f} min (each with its commit and machine under Runs). Ours: the protocol named in each row "
           "(KD: soft labels from the zoo committee, AdamW, the kit's student recipe; DC protocol: hard labels, SGD 0.01, DSA, "
           f"{meta.get('hard_epochs', '?')} epochs). Published rows: ConvNet-3 students, the labels named; `bench/published.toml` says where each was read.", '']
     allcells = from_json(res['cells'])
@@ -189,8 +220,9 @@ def markdown(res:dict, published:dict)->str:
            'student), computed once per pool and scored on the zoo\'s validation hold-out:', '']
     for ds, p in meta['priors'].items():
         md.append(f"- {ds}: " + ', '.join(f'{n} {v:.2f}' for n, v in p['values'].items()) + f" ({p['valid']} images per class, hold-out seed {p['valid_seed']})")
-    md += ['', '## Runs', '', '| config | seed | wall (min) |', '|---|---|---|']
-    md += [f"| `{r['config']}` | {r['seed']} | {r['wall_s'] / 60:.1f} |" for r in meta['runs']]
+    md += ['', '## Runs', '', 'Each run as recorded in `field_runs/` (a run measured in an earlier sitting keeps its own commit and machine).', '',
+           '| config | seed | wall (min) | commit | machine |', '|---|---|---|---|---|']
+    md += [f"| `{r['config']}` | {r['seed']} | {r['wall_s'] / 60:.1f} | `{r.get('commit', '?')}` | {r.get('machine', '?')} |" for r in meta['runs']]
     return '\n'.join(md) + '\n'
 
 
@@ -204,29 +236,41 @@ def benchmark(a)->dict:
         if a.root.get(k[0]): c['root'] = a.root[k[0]]
         for kv in a.set: set_key(c, *parse_override(kv))
         cfgs[k] = c
+    name = a.results or str(HERE/'results'/('field_quick' if a.quick else 'field'))
+    records = Path(name).parent/'field_runs'            # shared by --quick and the full benchmark: the same runs
     # 1. once per dataset: the pool's distill priors on its validation hold-out, then given to every run
     priors = {}
     for ds in dict.fromkeys(d for d, _ in keys):
         first = cfgs[next(k for k in keys if k[0] == ds)]
         if first.get('priors', {}).get('mode') != 'distill': continue
-        priors[ds] = zoo_priors(first, work)
+        priors[ds] = zoo_priors(first, work, records)
     for k, c in cfgs.items():
         if k[0] in priors: c['priors'] = dict(mode='given', values=priors[k[0]]['values'])
     # 2. the runs, seed by seed (the target cell first), then the full-data bounds
     sc0 = RunConfig.from_dict(next(iter(cfgs.values()))).stage_configs()
     students = [student_tag(s) for s in sc0['students']]; htag = hard_tag(sc0['hard']) if sc0['hard'] else None
-    jobs, what = [], []
+    jobs, what, keyed = [], [], []          # every job; what it is; (record file, key) for each
     for s in a.seeds:
         for k in keys:
             c = seed_config(cfgs[k], s, RunConfig.from_dict(cfgs[k]).stage_configs()['evaluate'].seeds if s == a.seeds[0] and len(a.seeds) > 1 else None)
             jobs.append((run, (c, work/k[0]/c['name']))); what.append(('run', k, s))
+            keyed.append((records/k[0]/f"{c['name']}.json", record_key(c, work)))
     if a.full_epochs:
         for ds in dict.fromkeys(d for d, _ in keys):
             hp = RunConfig.from_dict(cfgs[next(k for k in keys if k[0] == ds)]).stage_configs()['hard'] or HardProtocol()
             jobs.append((full_data, (ds, hp.to_dict(), a.full_epochs, work, a.device, a.root.get(ds, '')))); what.append(('full', (ds, None), None))
-    name = a.results or str(HERE/'results'/('field_quick' if a.quick else 'field'))
+            hk = dict(protocol=HardProtocol.from_dict(dict(hp.to_dict(), epochs=a.full_epochs)).to_dict(), dataset=ds)
+            keyed.append((records/ds/f"full-{hp.student}-w{hp.width:g}-dc-e{a.full_epochs}.json", hk))
     published = tomllib.loads((HERE/'published.toml').read_text())
     outs = [None] * len(jobs)
+    for i, (p, key) in enumerate(keyed):                 # what an earlier sitting (any machine) already measured
+        if (r := load_record(p, key)): outs[i] = dict(results=r['results'], wall_s=r['wall_s'], commit=r['commit'], machine=r['machine'])
+    todo = [i for i, o in enumerate(outs) if o is None]
+
+    def finished(j, o):
+        i = todo[j]; p, key = keyed[i]
+        save_record(p, key, o['results'], o['wall_s'], a.device)
+        write(i, dict(o, commit=git_commit(), machine=machine(a.device)))
 
     def write(i=None, o=None):
         if i is not None: outs[i] = o
@@ -240,13 +284,14 @@ def benchmark(a)->dict:
                     hard_epochs=sc0['hard'].epochs if sc0['hard'] else None, priors=priors,
                     full_data=[o['results'] for (kind, *_), o in zip(what, outs) if kind == 'full' and o is not None],
                     runs=[dict(config=f"{Path(a.configs).relative_to(ROOT) if Path(a.configs).resolve().is_relative_to(ROOT) else a.configs}/{k[0]}_ipc{k[1]}.toml",
-                               seed=s, wall_s=o['wall_s']) for (kind, k, s), o in zip(what, outs) if kind == 'run' and o is not None],
+                               seed=s, wall_s=o['wall_s'], commit=o['commit'], machine=o['machine'])
+                          for (kind, k, s), o in zip(what, outs) if kind == 'run' and o is not None],
                     command=' '.join(['python', 'bench/field.py', *sys.argv[1:]]), commit=git_commit(), machine=machine(a.device),
                     versions=versions(), wall_s=round(time.perf_counter() - t0, 1))
         res = dict(meta=meta, cells=to_json(cells))
         save_json(name + '.json', res); atomic_write(name + '.md', markdown(res, published))
         return res
-    run_jobs(jobs, a.jobs, a.threads, write)
+    if todo: run_jobs([jobs[i] for i in todo], a.jobs, a.threads, finished)
     res = write(); print(Path(name + '.md').read_text()); return res
 
 def main(argv=None):

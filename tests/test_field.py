@@ -65,6 +65,21 @@ def test_field_benchmark_end_to_end(tmp_path):
     # a second call recomputes nothing: the same numbers
     r = subprocess.run(args, capture_output=True, text=True, env=ENV, cwd=ROOT); assert r.returncode == 0, r.stderr[-3000:]
     fct.test_eq(load_json(tmp_path/'field.json')['cells'], res['cells'])
+    # every finished run is recorded beside the results; with the run folders gone (another machine, a later sitting)
+    # the records alone rebuild the table, and no run folder is made again
+    recs = sorted(p.name for p in (tmp_path/'field_runs'/'digits').glob('*.json'))
+    fct.test_eq(recs, ['full-convnet3-w1-dc-e1.json', 'priors.json', 'zoo-digits-ipc1-s0.json', 'zoo-digits-ipc1-s1.json'])
+    import shutil; shutil.rmtree(tmp_path/'work')
+    r = subprocess.run(args, capture_output=True, text=True, env=ENV, cwd=ROOT); assert r.returncode == 0, r.stderr[-3000:]
+    fct.test_eq(load_json(tmp_path/'field.json')['cells'], res['cells'])
+    fct.test_eq(sorted(p.name for p in (tmp_path/'work'/'digits').iterdir()) if (tmp_path/'work'/'digits').exists() else [], [])
+    # a record made for another config does not count: a changed setting runs seed 1 again (and says so)
+    rec = tmp_path/'field_runs/digits/zoo-digits-ipc1-s1.json'; d = json.loads(rec.read_text())
+    d['key']['config']['recover']['iterations'] = 99; rec.write_text(json.dumps(d))
+    r = subprocess.run(args, capture_output=True, text=True, env=ENV, cwd=ROOT); assert r.returncode == 0, r.stderr[-3000:]
+    assert 'zoo-digits-ipc1-s1.json was recorded for another config or pool: running it again' in r.stderr
+    fct.test_eq(sorted(p.name for p in (tmp_path/'work'/'digits').iterdir()), ['zoo-digits-ipc1-s1'])
+    fct.test_eq(load_json(rec)['key']['config']['recover']['iterations'], 3)
 
 def test_published_rows_name_their_protocol():
     import tomllib
