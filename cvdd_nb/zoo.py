@@ -149,6 +149,15 @@ def _acc(e:Expert|None, k='test_acc')->str:
     v = None if e is None else getattr(e.meta, k)
     return '-' if v is None else f'{v:.2f}'
 
+# %% ../nbs/03a_zoo.ipynb #163d0021
+def _made_by(pool:ExpertPool)->str:
+    "Which command at which commit made which experts (a build resumed at a later commit names both), and the time it took."
+    by = {}
+    for e in pool: by.setdefault((e.meta.origin.get('command', ''), e.meta.origin.get('commit', '')), []).append(e.name)
+    made = '; '.join(f'`{c}` at commit `{k}`' + (f' ({", ".join(n)})' if len(by) > 1 else '') for (c, k), n in by.items())
+    mins = sum(e.meta.seconds for e in pool) / 60
+    return f'Made by {made}. Training time: {mins:.0f} min of single-thread processes in all (the build runs two at a time on two cores).'
+
 # %% ../nbs/03a_zoo.ipynb #cafd89cf
 def zoo_markdown(root:str|Path|None=None)->str:
     "The zoo README: per dataset, one row per expert, from the stored metadata."
@@ -164,8 +173,7 @@ def zoo_markdown(root:str|Path|None=None)->str:
         parts += [f'## {ds}', '', f'Hold-out: {m.holdout["per_class"]} training images per class (seed {m.holdout["seed"]}), '
                   f'{r["epochs"]} epochs, {r["optimizer"]} lr {r["lr"]:g}, weight decay {r["weight_decay"]:g}, batch {r["batch_size"]}, '
                   f'{r["schedule"]}, {r["augment"]} (pad {r["pad"]})' + (f', label smoothing {r["label_smoothing"]:g}' if r.get('label_smoothing') else '') +
-                  f'. Command: `{m.origin.get("command", "")}` at commit '
-                  f'`{m.origin.get("commit", "")}`.', '',
+                  f'. {_made_by(pool)}', '',
                   _row(['expert', 'architecture', 'width', 'params', 'test', 'valid', *(f'test @e{k}' for k in snaps), 'train min', 'trained on']),
                   '|---' * (8 + len(snaps)) + '|']
         for e in pool:
