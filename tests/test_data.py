@@ -98,7 +98,7 @@ def test_cifar10(tmp_path):
         fct.test_eq(d.train.x.numpy(), xtr); fct.test_eq(d.train.y.numpy(), ytr)
         fct.test_eq(d.test.x.numpy(), xte); fct.test_eq(d.test.y.numpy(), yte)
         fct.test_eq(d.info.class_names, D.CIFAR10_CLASSES)
-        fct.test_eq((d.info.mean, d.info.std), ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)))
+        fct.test_eq((d.info.mean, d.info.std), ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)))   # the CV-DD reference's constants
         fct.test_eq(d.info.source, str(root/'cifar-10-batches-py'))
 
 
@@ -162,6 +162,35 @@ def test_imagefolder_val_dir_grayscale_and_jpeg(tmp_path):
     (root/'val').rename(root/'holdout')
     fct.test_fail(lambda: load_dataset('imagefolder', root=root), contains='looked for val/ or test/')
     fct.test_eq(len(load_dataset('imagefolder', root=root, test_dir='holdout').test), 4)
+
+
+def test_normalisation_choice(tmp_path):
+    "norm= is an explicit choice recorded in DatasetInfo; ImageNette and Tiny-ImageNet default to the ImageNet constants."
+    nette = write_imagefolder_fixture(tmp_path/'n', classes=2, layout='imagenette', size=(20, 30))
+    fct.test_eq((load_dataset('imagenette', root=nette, img_size=16).info.mean), D.IMAGENET_MEAN)
+    fct.test_eq((load_dataset('imagefolder', root=nette, img_size=16).info.std), channel_stats(load_dataset('imagefolder', root=nette, img_size=16).train.x)[1])
+    tiny = write_imagefolder_fixture(tmp_path/'t', classes=2, layout='tiny_imagenet', size=8)
+    fct.test_eq(load_dataset('tiny_imagenet', root=tiny).info.std, D.IMAGENET_STD)
+    c = load_dataset('cifar10', root=write_cifar_fixture(tmp_path/'c'), norm=((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)))
+    fct.test_eq(c.info.std, (0.2023, 0.1994, 0.2010))                                   # the old constants, asked for
+    fct.test_eq(DatasetInfo.from_dict(json.loads(json.dumps(c.info.to_dict()))), c.info)
+    fct.test_fail(lambda: load_dataset('digits', norm='imagenet'), contains='needs colour images')
+    fct.test_fail(lambda: load_dataset('digits', norm=((0.1,), (-1,))), contains='stds > 0')
+
+
+def test_resize_crop_is_torchvisions_test_transform(tmp_path):
+    import torchvision.transforms as T
+    root = write_imagefolder_fixture(tmp_path, classes=2, size=(40, 30), layout='imagenette', ext='png')   # lossless, 30 px wide
+    f = sorted((root/'train'/'n01440764').iterdir())[1]
+    d = load_dataset('imagenette', root=root, img_size=24)
+    fct.test_eq(d.info.resize, 'crop')
+    want = np.asarray(T.Compose([T.Resize(round(24 * 256 / 224)), T.CenterCrop(24)])(Image.open(f).convert('RGB')))
+    fct.test_eq(d.train.x[1].numpy().transpose(1, 2, 0), want)
+    s = load_dataset('imagenette', root=root, img_size=24, resize='stretch')
+    fct.test_eq(s.info.resize, 'stretch'); assert not torch.equal(s.train.x, d.train.x)
+    fct.test_eq(load_dataset('imagenette', root=root).info.resize, 'none')
+    fct.test_fail(lambda: load_dataset('imagenette', root=root, img_size=(24, 20)), contains="needs a square img_size")
+    fct.test_fail(lambda: load_dataset('imagenette', root=root, img_size=24, resize='pad'), contains='use one of: stretch, crop')
 
 
 def test_imagenette_layout(tmp_path):

@@ -10,7 +10,7 @@ from cvdd_nb.core import CVDDError
 from cvdd_nb.models import (create_model, list_models, bn_layers, has_batchnorm, count_params,
                             read_state_dict, load_weights)
 
-SMALL = ['convnet', 'resnet18', 'resnet50', 'mobilenetv2', 'shufflenetv2', 'densenet121']
+SMALL = ['convnet', 'resnet18', 'resnet50', 'mobilenetv2', 'mobilenetv2_ref', 'shufflenetv2', 'densenet121']
 SHAPES = [(1, 8), (1, 28), (3, 32)]
 
 
@@ -66,7 +66,7 @@ def test_spec_records_arch_kwargs():
     fct.test_eq(create_model('resnet18', 10, img_size=(28, 32), width=0.25).cvdd_spec['img_size'], [28, 32])
 
 
-@pytest.mark.parametrize('name', ['resnet18', 'resnet50', 'mobilenetv2', 'shufflenetv2', 'densenet121'])
+@pytest.mark.parametrize('name', ['resnet18', 'resnet50', 'mobilenetv2', 'mobilenetv2_ref', 'shufflenetv2', 'densenet121'])
 def test_min_size_keeps_resolution(name):
     "min_size stops the downsampling: the last feature map of an 8 px image is 4 px, not 1 px; the weights are the same."
     side = {}
@@ -95,6 +95,7 @@ def test_convnet_pooling_and_width():
 def test_published_sizes_and_width():
     fct.test_eq(count_params(create_model('resnet18', 10)), 11_173_962)
     fct.test_eq(count_params(create_model('mobilenetv2', 10)), 2_236_682)          # = torchvision's
+    fct.test_eq(count_params(create_model('mobilenetv2_ref', 10)), 2_296_922)      # = the CV-DD reference's
     fct.test_eq(count_params(create_model('shufflenetv2', 1000, scale=1.0)), 2_278_604)
     for name in SMALL:   # the width multiplier shrinks every architecture a lot
         assert count_params(create_model(name, 10, width=0.25)) < count_params(create_model(name, 10)) / 8, name
@@ -203,7 +204,7 @@ def test_malicious_pickle_refused(tmp_path, via):
 
 
 def test_bad_names_and_args():
-    valid = 'use one of: convnet, resnet18, resnet50, mobilenetv2, shufflenetv2, densenet121, convnet3, timm:<name>, tv:<name>'
+    valid = 'use one of: convnet, resnet18, resnet50, mobilenetv2, mobilenetv2_ref, shufflenetv2, densenet121, convnet3, timm:<name>, tv:<name>'
     fct.test_fail(lambda: create_model('resnet', 10), contains=valid)
     fct.test_fail(lambda: create_model('foo:resnet18', 10), contains=valid)
     fct.test_fail(lambda: create_model('resnet18', 1), contains='num_classes must be an integer >= 2')
