@@ -11,18 +11,21 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fastcore.basics import patch
 from safetensors.torch import load as st_load, save as st_save
 
 from .core import CVDDError, Config, atomic_write, autocast, get_device, load_json, progress, save_json, set_seed, versions
 from .data import Data, DatasetInfo, Split, class_counts, denormalize, normalize, per_class_subset
 from .models import create_model
 from .experts import evaluate_model
+from .folders import read_image_folder, write_image_folder
+from .fkd import store_from_fkd
 from .relabel import (STORE_JSON, Augmenter, LabelStore, OnlineLabeler, RelabelConfig, as_relabel_config,
                              check_images, images_fingerprint, label_source, make_committee, relabel, split_sizes)
 
 # %% auto #0
-__all__ = ['kd_loss', 'mixed_ce', 'param_groups', 'smoothed_cosine', 'EvalConfig', 'as_eval_config', 'StudentRun',
-           'student_epoch', 'train_student', 'EvalResult', 'evaluate_set', 'ResultsTable', 'DistilledSet',
+__all__ = ['DDRANKING_CALL', 'kd_loss', 'mixed_ce', 'param_groups', 'smoothed_cosine', 'EvalConfig', 'as_eval_config',
+           'StudentRun', 'student_epoch', 'train_student', 'EvalResult', 'evaluate_set', 'ResultsTable', 'DistilledSet',
            'DistilledDataset', 'baseline_sets', 'compare', 'distill_priors']
 
 # %% ../nbs/06_evaluate.ipynb #1f9aae10
@@ -308,13 +311,6 @@ class ResultsTable:
         return ResultsTable.from_dict(load_json(path, dict(results=list)))
 
 # %% ../nbs/06_evaluate.ipynb #6a34c426
-def _png(img01:torch.Tensor)->bytes:
-    "PNG bytes of one image (C, H, W) in [0, 1]."
-    from PIL import Image
-    a = (img01.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
-    buf = io.BytesIO(); Image.fromarray(a[0].numpy() if a.shape[0] == 1 else a.permute(1, 2, 0).numpy()).save(buf, format='PNG')
-    return buf.getvalue()
-
 @dataclasses.dataclass(repr=False)
 class DistilledSet:
     "Distilled images with their labels, class map, normalisation and everything needed to relabel and trust them."
@@ -361,25 +357,26 @@ class DistilledSet:
 # %% ../nbs/06_evaluate.ipynb #9443055f
 _DS_FIELDS = dict(format=str, info=dict, method=str)
 
-def _ds_save(self:DistilledSet, path:str|Path, png:bool=True)->Path:
-    "Write the set into folder `path`: distilled.safetensors, distilled.json, png/ and labels/ (if stored)."
+@patch
+def save(self:DistilledSet, path:str|Path,
+         images:str|None='png')->Path:   # the 8-bit image files: 'png' (lossless), 'jpg', or None
+    "Write the set into folder `path`: distilled.safetensors, distilled.json, images/ (ImageFolder layout) and labels/ (if stored)."
     path = Path(path); path.mkdir(parents=True, exist_ok=True)
     t = dict(images=self.images.contiguous(), labels=self.labels.contiguous())
     if self.weights is not None: t['weights'] = self.weights.contiguous()
     atomic_write(path/'distilled.safetensors', st_save(t, metadata={'format': 'cvdd-distilled-1'}))
-    if png:
-        x01, k = self.images01(), {}
-        for i, c in enumerate(self.labels.tolist()):
-            atomic_write(path/'png'/f'{c:04d}_{k.get(c, 0):03d}.png', _png(x01[i])); k[c] = k.get(c, 0) + 1
+    if images is not None: write_image_folder(path/'images', self.images01(), self.labels, self.info.class_names, 'imagefolder', images)
     if self.store is not None: self.store.save(path/'labels')
     meta = dict(format='cvdd-distilled-1', method=self.method, n=len(self), ipc=self.ipc, info=self.info.to_dict(), relabel=self.relabel,
                 teachers=self.teachers, priors=self.priors, committee=self.committee, seeds=self.seeds, config=self.config, versions=self.versions,
-                files=dict(tensors='distilled.safetensors', png='png/' if png else None, labels='labels/' if self.store is not None else None))
+                files=dict(tensors='distilled.safetensors', images=None if images is None else dict(folder='images/', layout='imagefolder', format=images),
+                           labels='labels/' if self.store is not None else None))
     save_json(path/'distilled.json', meta)
     return path
-DistilledSet.save = _ds_save
 
-def _ds_load(path:str|Path)->DistilledSet:
+# %% ../nbs/06_evaluate.ipynb #96a31737
+@patch(cls_method=True)
+def load(cls:DistilledSet, path:str|Path)->DistilledSet:
     "Read a set written by `DistilledSet.save`."
     path = Path(path)
     if not (path/'distilled.json').exists(): raise CVDDError(f'{path} holds no distilled.json', 'point at a folder written by DistilledSet.save')
@@ -389,9 +386,41 @@ def _ds_load(path:str|Path)->DistilledSet:
     except Exception as e: raise CVDDError(f'{path/"distilled.safetensors"} is damaged ({e})', 'save the set again') from None
     store = LabelStore.load(path/'labels') if (path/'labels'/STORE_JSON).exists() else None
     keep = {k: d.get(k) for k in ('relabel', 'teachers', 'priors', 'committee')}
-    return DistilledSet(t['images'], t['labels'], DatasetInfo.from_dict(d['info']), d['method'], **keep, weights=t.get('weights'),
-                        seeds=d.get('seeds') or {}, config=d.get('config') or {}, versions=d.get('versions') or {}, store=store)
-DistilledSet.load = staticmethod(_ds_load)
+    return cls(t['images'], t['labels'], DatasetInfo.from_dict(d['info']), d['method'], **keep, weights=t.get('weights'),
+               seeds=d.get('seeds') or {}, config=d.get('config') or {}, versions=d.get('versions') or {}, store=store)
+
+# %% ../nbs/06_evaluate.ipynb #c42744ac
+def _folder_labels(f, info:DatasetInfo)->torch.Tensor:
+    "Labels of folder images for `info`: by class name where the folders are named by class, else by folder position."
+    if f.layout == 'flat': return f.labels
+    if len(f.classes) != info.num_classes:
+        raise CVDDError(f'{f.root} holds {len(f.classes)} class folders, {info.name} has {info.num_classes} classes', "pass the DatasetInfo of the images' dataset")
+    if set(f.classes) == set(info.class_names): return torch.tensor([info.class_names.index(f.classes[c]) for c in f.labels.tolist()], dtype=torch.long)
+    return f.labels
+
+# %% ../nbs/06_evaluate.ipynb #907bd0f9
+@patch(cls_method=True)
+def from_folder(cls:DistilledSet, root:str|Path,        # an image folder (any layout) or a run folder holding images/ or png/
+                info:DatasetInfo,                        # the dataset the images belong to (normalisation, classes)
+                method:str='folder',                     # what made the images, e.g. 'cvdd-reference'
+                fkd:str|Path|None=None,                  # the reference's soft-label folder for these images
+                fkd_seed:int=42,                         # its --fkd-seed
+                layout:str='auto')->DistilledSet:
+    "A set from image files, with the reference's soft labels as a label store when `fkd` is given."
+    f = read_image_folder(root, info.channels, layout)
+    images, labels = normalize(f.images, info), _folder_labels(f, info)
+    store = store_from_fkd(fkd, images, info, fkd_seed) if fkd is not None else None
+    return cls(images, labels, info, method, relabel=None if store is None else store.config.to_dict(), teachers=None if store is None else store.teachers,
+               config=dict(source=dict(folder=f.root, layout=f.layout, fkd=None if fkd is None else str(fkd))), store=store)
+
+# %% ../nbs/06_evaluate.ipynb #d1d338f8
+@patch
+def export_folder(self:DistilledSet, root:str|Path,
+                  layout:str='reference',    # 'reference' (new{c:03d}/class{c:03d}_id{k:03d}) or 'imagefolder'
+                  fmt:str='png',             # 'png' (lossless) or 'jpg' (what the reference writes and its relabel counts)
+                  quality:int=95)->Path:     # JPEG quality
+    "Write the set's 8-bit images as files in `layout`, for the reference's tools or any `ImageFolder` reader."
+    return write_image_folder(root, self.images01(), self.labels, self.info.class_names, layout, fmt, quality)
 
 # %% ../nbs/06_evaluate.ipynb #75263deb
 class DistilledDataset(torch.utils.data.Dataset):
@@ -417,22 +446,31 @@ def _ds_subset_ipc(self:DistilledSet, k:int)->DistilledSet:
                         dict(self.config, subset=dict(ipc=k, of_ipc=self.ipc, of_images=len(self))), dict(self.versions))
 DistilledSet.subset_ipc = _ds_subset_ipc
 
-def _ds_export_pt(self:DistilledSet, path:str|Path,
-                  teachers=None,               # ExpertPool etc.: also write soft_labels.pt
-                  device=None)->Path:
-    "Write images.pt (float [0,1]), labels.pt and (with `teachers`) soft_labels.pt, plus meta.json."
-    path = Path(path); path.mkdir(parents=True, exist_ok=True)
-    def put(name, t): buf = io.BytesIO(); torch.save(t.contiguous(), buf); atomic_write(path/name, buf.getvalue())
-    put('images.pt', self.images01()); put('labels.pt', self.labels)
-    files = ['images.pt', 'labels.pt']
+# %% ../nbs/06_evaluate.ipynb #219d2aed
+DDRANKING_CALL = ("SoftLabelEvaluator(Config.from_file(...)).compute_metrics(image_tensor=torch.load('images.pt'), "
+                  "soft_labels=torch.load('labels.pt'), syn_lr=torch.load('lr.pt'))")
+
+# %% ../nbs/06_evaluate.ipynb #33639343
+@patch
+def export_ddranking(self:DistilledSet, path:str|Path,
+                     teachers=None,                # ExpertPool etc.: write labels.pt, their committee's logits per image
+                     syn_lr:float|None=None,       # a student learning rate for lr.pt (None: DD-Ranking searches one)
+                     device=None)->Path:
+    "Write DD-Ranking's inputs into `path`: images.pt (normalised, class-major, IPC per class), labels.pt (soft), hard_labels.pt, lr.pt, meta.json."
+    if self.ipc is None: raise CVDDError(f'DD-Ranking needs the same number of images in every class; this set has {class_counts(self.labels, self.info.num_classes).tolist()}', 'export subset_ipc(k) with k <= the smallest count')
+    path, idx = Path(path), torch.argsort(self.labels, stable=True)
+    def put(name, t): buf = io.BytesIO(); torch.save(t.contiguous() if isinstance(t, torch.Tensor) else t, buf); atomic_write(path/name, buf.getvalue())
+    x, y = self.images[idx], self.labels[idx]
+    put('images.pt', x); put('hard_labels.pt', y); files = ['images.pt', 'hard_labels.pt']
     if teachers is not None:
         com = make_committee(teachers, self.info, self.relabel, self.priors, self.teachers).to(get_device(device))
-        put('soft_labels.pt', com.label_all(self.images.to(get_device(device))).cpu()); files.append('soft_labels.pt')
-    save_json(path/'meta.json', dict(files=files, images='float32 (N, C, H, W) in [0, 1], not normalised', labels='int64 (N,)',
-                                     soft_labels='float32 (N, K) committee logits on the unaugmented images, eval-mode BN' if teachers is not None else None,
-                                     mean=self.info.mean, std=self.info.std, class_names=self.info.class_names, dataset=self.info.name, method=self.method, ipc=self.ipc))
+        put('labels.pt', com.label_all(x.to(get_device(device))).cpu()); files.append('labels.pt')
+    if syn_lr is not None: put('lr.pt', torch.tensor(float(syn_lr), dtype=torch.float64)); files.append('lr.pt')
+    save_json(path/'meta.json', dict(files=files, images=f'float32 {tuple(x.shape)}, normalised with mean/std, class-major: image c * ipc + k', hard_labels='int64 class indices',
+                                     labels='float32 (N, K) committee logits on the unaugmented images, eval-mode BN (soft labels for mode S)' if teachers is not None else None,
+                                     mean=self.info.mean, std=self.info.std, class_names=self.info.class_names, dataset=self.info.name, ipc=self.ipc,
+                                     method=self.method, call=DDRANKING_CALL))
     return path
-DistilledSet.export_pt = _ds_export_pt
 
 # %% ../nbs/06_evaluate.ipynb #2909e574
 def _from_recovered(rec,                                  # a recover result: images, labels, info (+ committee, weights, config, priors, experts)

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fastcore.basics import patch
 from safetensors.torch import save as st_save
 
 import cvdd_nb
@@ -390,11 +391,27 @@ def resolve_pool(ref:str|Path)->Path:
                         f'use one of the zoo names, build it with `cvdd experts train --zoo {name}`, or set ${ZOO_ENV} to the folder that holds it')
     return path
 
+# %% ../nbs/03_experts.ipynb #c41ba302
+@patch
+def check_rebuild(self:Expert)->Expert:
+    "Raise a `CVDDError` naming this expert unless `Expert.load` could rebuild its model from `meta.arch` and load its weights."
+    a = self.meta.arch
+    try: rebuilt = create_model(**a).state_dict()
+    except (CVDDError, TypeError, ValueError, KeyError) as e:
+        raise CVDDError(f'expert {self.name!r} could not be loaded again: its architecture {a.get("name")!r} cannot be rebuilt ({str(e).splitlines()[0]})',
+                        'build the model with cvdd_nb.models.create_model (register the architecture there first), so that meta.arch rebuilds it') from None
+    have = self.model.state_dict()
+    diff = sorted(set(have) ^ set(rebuilt)) or [k for k in rebuilt if rebuilt[k].shape != have[k].shape]
+    if diff: raise CVDDError(f'expert {self.name!r} could not be loaded again: its weights do not fit the model meta.arch rebuilds ({len(diff)} tensor(s) differ, e.g. {diff[0]!r})',
+                             'set meta.arch to the `cvdd_spec` of the model the expert holds (Expert.from_weights does), or retrain it')
+    return self
+
 # %% ../nbs/03_experts.ipynb #2c0a512e
 def _pool_save(self:ExpertPool, path:str|Path,
                index_only:bool=False)->Path:  # write only pool.json and pool.md (the experts are in their folders already)
     "Save every expert to `path/<name>/`, the pool's index to `path/pool.json` and its table to `pool.md`."
     path = Path(path)
+    for e in self.experts: e.check_rebuild()         # before anything is written
     if index_only:
         missing = [e.name for e in self.experts if not (path/e.name/'expert.json').exists()]
         if missing: raise CVDDError(f'{path} lacks the expert folder(s) {missing}', 'save the pool with index_only=False')

@@ -12,12 +12,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors import safe_open
+from fastcore.basics import patch
 from safetensors.torch import load as st_load, save as st_save
 
 from .core import CVDDError, Config, atomic_write, autocast, check_choice, get_device, load_json, make_generator, progress, save_json, versions
 from .data import Data, DatasetInfo, class_counts, denormalize, normalize, per_class_subset, pixel_bounds
 from .models import bn_layers
 from .experts import ExpertPool, default_flip, evaluate_model
+from .folders import write_image_folder
 
 # %% auto #0
 __all__ = ['SCHEDULES', 'VOTERS', 'PRIOR_MODES', 'INITS', 'BANDS', 'AUGMENTS', 'BN_NORMS', 'FLIPS', 'LAYOUTS', 'MAX_BAD_STEPS',
@@ -620,23 +622,25 @@ class Recovered:
         return image_grid(self.images01()[idx], kc, ki, pad)
 
 # %% ../nbs/04_recover.ipynb #f16fd39a
-def _save(self:Recovered, path:str|Path, png:bool=True, extra:dict|None=None)->Path:
-    "Write images.safetensors, (if `png`) png/<class>_<k>.png and grid.png, and last recovered.json (with `extra`) to folder `path`."
+@patch
+def save(self:Recovered, path:str|Path,
+         images:str|None='png',      # image files: 'png' (lossless), 'jpg', or None (only the tensors)
+         extra:dict|None=None)->Path:# more entries for recovered.json
+    "Write images.safetensors, the image folder `images/` and grid.png, and last recovered.json, to folder `path`."
     path = Path(path); path.mkdir(parents=True, exist_ok=True)
     atomic_write(path/'images.safetensors', st_save({k: getattr(self, k).detach().cpu().contiguous() for k in _TENSORS}))
-    if png:
-        x01 = self.images01()
-        for i in range(len(self)):
-            c, k = divmod(i, self.ipc); atomic_write(path/'png'/f'{c:04d}_{k:03d}.png', to_png(x01[i]))
+    if images is not None:
+        write_image_folder(path/'images', self.images01(), self.labels, self.info.class_names, 'imagefolder', images)
         atomic_write(path/'grid.png', to_png(self.grid()))
     meta = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _TENSORS}
-    save_json(path/'recovered.json', dict(meta, info=self.info.to_dict(), layout='class-major: image c * ipc + k',
-                                          files=dict(tensors='images.safetensors', png='png/' if png else None), **(extra or {})))
+    files = dict(tensors='images.safetensors', images=None if images is None else dict(folder='images/', layout='imagefolder', format=images))
+    save_json(path/'recovered.json', dict(meta, info=self.info.to_dict(), layout='class-major: image c * ipc + k', files=files, **(extra or {})))
     return path
-Recovered.save = _save
 
-def _load(path:str|Path)->Recovered:
-    "Read a `Recovered` written by `save`."
+# %% ../nbs/04_recover.ipynb #beddd20f
+@patch(cls_method=True)
+def load(cls:Recovered, path:str|Path)->Recovered:
+    "Read a `Recovered` written by `save` (also by the versions that wrote a flat png/ folder)."
     path = Path(path)
     d = load_json(path/'recovered.json', dict(info=dict, config=dict, committee=list, priors=list, experts=list))
     if not (path/'images.safetensors').exists(): raise CVDDError(f'{path} lacks images.safetensors', 'rerun recover')
@@ -644,8 +648,7 @@ def _load(path:str|Path)->Recovered:
     except Exception as e: raise CVDDError(f'{path/"images.safetensors"} is damaged ({type(e).__name__})', 'rerun recover into a new folder (or delete this one)') from None
     if set(_TENSORS) - set(t): raise CVDDError(f'{path/"images.safetensors"} lacks {sorted(set(_TENSORS) - set(t))}', 'rerun recover into a new folder (or delete this one)')
     fields = {f.name for f in dataclasses.fields(Recovered)}
-    return Recovered(**{k: t[k] for k in _TENSORS}, **{k: v for k, v in d.items() if k in fields and k != 'info'}, info=DatasetInfo.from_dict(d['info']))
-Recovered.load = staticmethod(_load)
+    return cls(**{k: t[k] for k in _TENSORS}, **{k: v for k, v in d.items() if k in fields and k != 'info'}, info=DatasetInfo.from_dict(d['info']))
 
 # %% ../nbs/04_recover.ipynb #e8adf8aa
 @dataclasses.dataclass

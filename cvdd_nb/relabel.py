@@ -20,16 +20,17 @@ from .data import DatasetInfo
 from .experts import Expert, ExpertPool, default_flip
 
 # %% auto #0
-__all__ = ['MIXES', 'MODES', 'FLIPS', 'STORE_FILE', 'STORE_JSON', 'PARTIAL', 'RelabelConfig', 'as_relabel_config', 'check_images',
-           'label_weights', 'bssl_mode', 'split_sizes', 'teacher_logits', 'Committee', 'make_committee', 'epoch_order',
-           'batch_bounds', 'crop_params', 'cutmix_box', 'BatchAug', 'draw_batch', 'crop_flip', 'apply_aug',
-           'compress_logits', 'expand_logits', 'LabelBatch', 'resolve_flip', 'Augmenter', 'OnlineLabeler',
-           'images_fingerprint', 'LabelStore', 'relabel', 'store_bytes', 'label_source']
+__all__ = ['MIXES', 'MODES', 'FLIPS', 'ORDERS', 'STORE_FILE', 'STORE_JSON', 'PARTIAL', 'RelabelConfig', 'as_relabel_config',
+           'check_images', 'label_weights', 'bssl_mode', 'split_sizes', 'teacher_logits', 'Committee', 'make_committee',
+           'epoch_order', 'batch_bounds', 'crop_params', 'cutmix_box', 'sampler_order', 'BatchAug', 'draw_batch',
+           'crop_flip', 'apply_aug', 'compress_logits', 'expand_logits', 'LabelBatch', 'resolve_flip', 'Augmenter',
+           'OnlineLabeler', 'images_fingerprint', 'LabelStore', 'relabel', 'store_bytes', 'label_source']
 
 # %% ../nbs/05_relabel.ipynb #12d4a903
 MIXES = ('cutmix', 'mixup', 'none')
 MODES = ('stored', 'online')
 FLIPS = ('auto', 'yes', 'no')
+ORDERS = ('cvdd', 'torch')   # image orders of the replay: ours, or the reference's loader's (see `sampler_order`)
 
 @dataclasses.dataclass
 class RelabelConfig(Config):
@@ -216,8 +217,10 @@ def make_committee(teachers,                       # ExpertPool, list of Expert,
 # %% ../nbs/05_relabel.ipynb #76126d66
 def _rng(*parts)->np.random.Generator: return np.random.default_rng([int(p) for p in parts])
 
-def epoch_order(n:int, seed:int, epoch:int)->torch.Tensor:
+def epoch_order(n:int, seed:int, epoch:int,
+                order:str='cvdd')->torch.Tensor:  # 'cvdd' (ours) or 'torch' (the reference's loader, see `sampler_order`)
     "The seeded order of `n` images in `epoch`."
+    if check_choice('image order', order, ORDERS) == 'torch': return sampler_order(n, seed, epoch)
     return torch.from_numpy(_rng(seed, 0, epoch).permutation(n)).long()
 
 def batch_bounds(n:int, batch_size:int)->list:
@@ -244,6 +247,20 @@ def cutmix_box(rng:np.random.Generator, H:int, W:int, lam:float)->tuple:
     r = math.sqrt(1.0 - lam); ch, cw = int(H * r), int(W * r)
     cy, cx = int(rng.integers(H)), int(rng.integers(W))
     return max(cy - ch // 2, 0), min(cy + ch // 2, H), max(cx - cw // 2, 0), min(cx + cw // 2, W)
+
+# %% ../nbs/05_relabel.ipynb #889d7c76
+_SAMPLER_STATES = {}   # (n, seed) -> the generator's state before each epoch drawn so far
+
+# %% ../nbs/05_relabel.ipynb #46fd3c5b
+def sampler_order(n:int,          # number of images
+                  seed:int,       # seed of the sampler's generator (the reference: 42)
+                  epoch:int)->torch.Tensor:
+    "The order of `epoch` that `RandomSampler(generator=torch.Generator().manual_seed(seed))` draws, epochs one after another."
+    states = _SAMPLER_STATES.setdefault((n, seed), [torch.Generator().manual_seed(seed).get_state()])
+    g = torch.Generator(); sampler = torch.utils.data.RandomSampler(range(n), generator=g)
+    while len(states) <= epoch:
+        g.set_state(states[-1]); list(sampler); states.append(g.get_state())
+    g.set_state(states[epoch]); return torch.tensor(list(sampler), dtype=torch.long)
 
 # %% ../nbs/05_relabel.ipynb #c6b9c87b
 @dataclasses.dataclass
@@ -338,13 +355,14 @@ def resolve_flip(flip:str, dataset:str)->bool:
 class Augmenter:
     "The FKD replay without labels: a seeded order in batches, a crop and flip per image, a mix per batch."
     epochs = None                                  # any number of epochs
-    def __init__(self, info:DatasetInfo, config:RelabelConfig|dict|None=None):
-        self.info, self.config = info, as_relabel_config(config)
+    def __init__(self, info:DatasetInfo, config:RelabelConfig|dict|None=None,
+                 order:str='cvdd'):                # image order: 'cvdd' or 'torch' (the reference's, see `sampler_order`)
+        self.info, self.config, self.order = info, as_relabel_config(config), check_choice('image order', order, ORDERS)
         self.flip = resolve_flip(self.config.flip, info.name)
 
     def plan(self, n:int, epoch:int)->list:
         "The `BatchAug` of every batch of `epoch` for `n` images."
-        c, order = self.config, epoch_order(n, self.config.seed, epoch)
+        c, order = self.config, epoch_order(n, self.config.seed, epoch, self.order)
         return [draw_batch(order[s:e], c.seed, epoch, b, self.info.img_size, c, self.flip) for b, (s, e) in enumerate(batch_bounds(n, c.batch_size))]
 
     def labels(self, x:torch.Tensor)->torch.Tensor|None: return None
@@ -505,14 +523,16 @@ def relabel(images:torch.Tensor,            # normalised float images (N, C, H, 
             names:list|None=None,           # the teachers to use (default: all)
             out:str|Path|None=None,         # folder to save the store into; epochs are checkpointed there and a rerun resumes
             device=None, quiet:bool=True,
-            only_epochs:list|None=None)->LabelStore:  # label just these epochs, the rest stay zero (one process's share, see `distributed`)
+            only_epochs:list|None=None,     # label just these epochs, the rest stay zero (one process's share, see `distributed`)
+            order:str='cvdd')->LabelStore:  # image order: 'cvdd', or 'torch' for labels the reference's trainer can read (`05a_fkd`)
     "Run the FKD replay once for all epochs and store its parameters and committee labels."
     cfg = as_relabel_config(config); check_images(images, info=info)
-    com, aug, device = make_committee(teachers, info, cfg, priors, names), Augmenter(info, cfg), get_device(device)
+    com, aug, device = make_committee(teachers, info, cfg, priors, names), Augmenter(info, cfg, order), get_device(device)
     n, K, bounds = len(images), info.num_classes, batch_bounds(len(images), cfg.batch_size)
     t, x_all, t0 = _empty_store(cfg.epochs, n, len(bounds), K, cfg.topk, cfg.batch_size), images.detach().to(device), time.perf_counter()
     part = Path(out)/PARTIAL if out is not None else None
-    done = _resume_epochs(part, _relabel_fingerprint(cfg, images, com, K), t)
+    fp = _relabel_fingerprint(cfg, images, com, K) | ({} if order == 'cvdd' else dict(order=order))
+    done = _resume_epochs(part, fp, t)
     with com.placed(device):
         for e in progress(range(cfg.epochs) if only_epochs is None else list(only_epochs), desc='relabel', disable=quiet or None):
             if e in done: continue
@@ -520,7 +540,7 @@ def relabel(images:torch.Tensor,            # normalised float images (N, C, H, 
                 _put(t, e, b, s, a, compress_logits(com(apply_aug(x_all, a)), cfg.topk))
             if part is not None: atomic_write(part/f'e{e:04d}.safetensors', st_save({k: v[e].contiguous() for k, v in t.items()}))
     meta = dict(config=cfg.to_dict(), n=n, num_classes=K, img_size=list(info.img_size), dataset=info.name, class_names=list(info.class_names),
-                teachers=com.names, weights=com.weights.tolist(), priors=com.priors, flip=aug.flip, images=images_fingerprint(images),
+                teachers=com.names, weights=com.weights.tolist(), priors=com.priors, flip=aug.flip, order=order, images=images_fingerprint(images),
                 seconds=round(time.perf_counter() - t0, 3), versions=versions())
     store = LabelStore(t, meta)
     if out is not None: store.save(out); shutil.rmtree(part, ignore_errors=True)

@@ -85,7 +85,7 @@ def test_distilled_set_roundtrip_with_store(pool, data, xy, tmp_path):
     for k in ('images', 'labels', 'weights'): assert torch.equal(getattr(back, k), getattr(ds, k)), k
     for k in ('info', 'method', 'relabel', 'teachers', 'priors', 'committee', 'seeds', 'config', 'versions'): fct.test_eq(getattr(back, k), getattr(ds, k))
     for k, v in ds.store.t.items(): assert torch.equal(back.store.t[k], v)
-    fct.test_eq(len(list((tmp_path/'ds/png').glob('*.png'))), 30)
+    fct.test_eq(len(list((tmp_path/'ds/images').rglob('*.png'))), 30)
     meta = json.loads((tmp_path/'ds/distilled.json').read_text())
     fct.test_eq((meta['ipc'], meta['n'], meta['info']['class_names'][3]), (3, 30, '3'))
     # the loaded set trains the same student as the original
@@ -113,12 +113,12 @@ def test_subset_ipc(data):
     with pytest.raises(CVDDError, match='cannot take 6 images per class'): ds.subset_ipc(6)
     with pytest.raises(CVDDError, match='cannot take 0'): ds.subset_ipc(0)
 
-def test_export_pt(pool, data, xy, tmp_path):
+def test_export_ddranking(pool, data, xy, tmp_path):
     x, y = xy; ds = DistilledSet(x, y, data.info, priors=PRIORS, teachers=pool.names)
-    ds.export_pt(tmp_path/'pt', teachers=pool)
-    fct.test_close(torch.load(tmp_path/'pt/images.pt'), ds.images01(), eps=1e-7)
-    assert torch.equal(torch.load(tmp_path/'pt/labels.pt'), y)
-    fct.test_close(torch.load(tmp_path/'pt/soft_labels.pt'), make_committee(pool, data.info, None, PRIORS).label_all(x), eps=1e-6)
+    ds.export_ddranking(tmp_path/'pt', teachers=pool)
+    assert torch.equal(torch.load(tmp_path/'pt/images.pt'), x)                    # normalised, class-major as given
+    assert torch.equal(torch.load(tmp_path/'pt/hard_labels.pt'), y)
+    fct.test_close(torch.load(tmp_path/'pt/labels.pt'), make_committee(pool, data.info, None, PRIORS).label_all(x), eps=1e-6)   # soft
     meta = json.loads((tmp_path/'pt/meta.json').read_text()); fct.test_eq(meta['std'], list(data.info.std))
 
 def test_from_recovered_reads_attributes(pool, data, xy):

@@ -168,10 +168,10 @@ def test_save_load_is_lossless(full, tmp_path):
     back = Recovered.load(tmp_path/'r')
     assert torch.equal(back.images, full.images) and torch.equal(back.weights, full.weights)
     fct.test_eq((back.committee, back.config, back.info), (full.committee, full.config, full.info))
-    fct.test_eq(len(list((tmp_path/'r'/'png').glob('*.png'))), 20)
+    fct.test_eq(len(list((tmp_path/'r'/'images').rglob('*.png'))), 20)
     import numpy as np
     from PIL import Image
-    png = torch.from_numpy(np.array(Image.open(tmp_path/'r'/'png'/'0001_000.png'))).float()
+    png = torch.from_numpy(np.array(Image.open(tmp_path/'r'/'images'/f'0001_{full.info.class_names[1]}'/'000.png'))).float()
     fct.test_close(png / 255, full.images01()[2, 0], eps=0.5 / 255 + 1e-6)  # the PNG is the 8-bit view of image (class 1, k 0)
 
 def test_history_records_and_votes(pool, data):
