@@ -8,16 +8,22 @@ import argparse, json, shlex, sys, time
 from pathlib import Path
 
 from .core import CVDDError, load_json
-from .data import list_datasets, load_dataset
+from .data import DatasetInfo, list_datasets, load_dataset
 from .experts import ExpertPool, ExpertRecipe, train_pool
+from .evaluate import DistilledSet, EvalConfig, EvalResult, ResultsTable, evaluate_set
+from .fkd import fkd_folder, fkd_shape, store_to_fkd
+from .folders import FORMATS, READABLE, find_image_folder, folder_layout
 from .models import list_models
+from .recover import Recovered
 from .reference import REFERENCE_DATASETS, REFERENCE_NAMES   # also adds ExpertPool.from_reference
+from .relabel import STORE_JSON, LabelStore
 from .pipeline import DIGITS_DEMO, STAGES, load_config, run, RunConfig
 from .zoo import ZOO, build_zoo
 
 # %% auto #0
-__all__ = ['DEMO_POOL', 'cmd_run', 'cmd_demo', 'cmd_show', 'experts_train', 'experts_zoo', 'experts_list', 'experts_check',
-           'experts_import', 'build_parser', 'main']
+__all__ = ['DEMO_POOL', 'SET_LAYOUTS', 'cmd_run', 'cmd_demo', 'cmd_show', 'experts_train', 'experts_zoo', 'experts_list',
+           'experts_check', 'experts_import', 'load_set', 'folder_fits', 'fresh_folder', 'sets_import',
+           'fkd_exportable', 'sets_ddranking', 'sets_export', 'same_dataset', 'sets_evaluate', 'build_parser', 'main']
 
 # %% ../nbs/10_cli.ipynb #5b4ff852
 def _config(args)->RunConfig:
@@ -109,6 +115,160 @@ def experts_import(args):
     print(pool.to_markdown())
     return pool
 
+# %% ../nbs/10_cli.ipynb #a8107925
+SET_LAYOUTS = ('reference', 'imagefolder', 'ddranking')   # what `cvdd sets export` writes
+
+def _add_sets(sub):
+    "The `cvdd sets` group: import, export, evaluate."
+    ss = sub.add_parser('sets', help="import, export or evaluate distilled sets (the reference's files, ImageFolder, DD-Ranking)")
+    ss = ss.add_subparsers(dest='sets_cmd', required=True)
+    def data(p):
+        p.add_argument('--dataset', required=True, help=f'the dataset the images belong to: {", ".join(list_datasets())}')
+        p.add_argument('--root', default=None, help='folder holding the dataset files')
+        p.add_argument('--img-size', type=int, default=None, help='image side to load an image-folder dataset at')
+    def one_set(p):
+        p.add_argument('set', metavar='SET', help='a set folder (`cvdd sets import`), a run folder, or a run\'s recover/<method>/')
+        p.add_argument('--method', default='cvdd', help="with a run folder: which method's images (cvdd, sre2l++)")
+    i = ss.add_parser('import', help="an image folder (the reference's or an ImageFolder), with the reference's soft labels, as a set")
+    i.add_argument('folder', metavar='FOLDER', help='new{c:03d}/class{c:03d}_id{k:03d}.{jpg,png} or <class>/<image> files'); data(i)
+    i.add_argument('--fkd', metavar='DIR', default=None, help="the reference's soft-label folder for these images (<fkd>_bs{B}_ipc{N})")
+    i.add_argument('--fkd-seed', type=int, default=42, help="the reference's --fkd-seed (its loader's image order)")
+    i.add_argument('--name', default='imported', help='the method name in tables')
+    i.add_argument('--out', required=True, help='the set folder to write (new or empty)')
+    e = ss.add_parser('export', help="a set as the reference's image folder (and label files), an ImageFolder, or DD-Ranking's tensors")
+    one_set(e); e.add_argument('--layout', required=True, choices=SET_LAYOUTS)
+    e.add_argument('--fmt', default='png', choices=FORMATS, help='image files: png (lossless) or jpg (what the reference writes)')
+    e.add_argument('--fkd', action='store_true', help="also write the set's stored soft labels as the reference's files")
+    e.add_argument('--pool', default=None, help='with ddranking: experts whose committee logits become the soft labels (labels.pt)')
+    e.add_argument('--syn-lr', type=float, default=None, help='with ddranking: a student learning rate for lr.pt')
+    e.add_argument('--out', required=True, help='the folder to write (new or empty)')
+    v = ss.add_parser('evaluate', help='students trained on a set with its stored labels, scored on the real test set'); one_set(v); data(v)
+    v.add_argument('--epochs', type=int, default=None, help='student epochs (default: as many as the labels hold)')
+    v.add_argument('--seeds', type=int, nargs='+', default=[0], help='one student per seed')
+    v.add_argument('--student', default='convnet:0.5', help='ARCH[:WIDTH] of the student'); v.add_argument('--device', default=None)
+
+# %% ../nbs/10_cli.ipynb #652a74c4
+def load_set(path:str|Path,        # a set folder (`DistilledSet.save`), a run folder, or a run's recover/<method>/ folder
+             method:str='cvdd'     # with a run folder: which method's images
+             )->DistilledSet:
+    "The distilled set at `path`, with its stored soft labels where there are any."
+    p = Path(path)
+    if (p/'distilled.json').exists(): return DistilledSet.load(p)
+    rec = p if (p/'recovered.json').exists() else p/'recover'/method
+    if not (rec/'recovered.json').exists():
+        raise CVDDError(f'{p} is neither a distilled set (no distilled.json) nor a run folder (no recover/{method}/recovered.json)',
+                        'point at a folder written by `cvdd sets import` (or DistilledSet.save), or at a run folder')
+    ds, labels = DistilledSet.from_recovered(Recovered.load(rec)), rec.parent.parent/'labels'/rec.name
+    if (labels/STORE_JSON).exists(): ds.store = LabelStore.load(labels).check(ds.images); ds.relabel = ds.store.config.to_dict()
+    return ds
+
+# %% ../nbs/10_cli.ipynb #23faff60
+def folder_fits(root:str|Path,     # an image folder (any layout) or a run folder holding one
+                info:DatasetInfo): # the dataset named by --dataset
+    "Raise a `CVDDError` naming `--dataset` unless the folder has the dataset's class count and image size (of its first image)."
+    from PIL import Image
+    root = find_image_folder(root); layout = folder_layout(root)
+    files = sorted(f for f in root.rglob('*') if f.is_file() and f.suffix.lower() in READABLE)
+    classes = len({f.name.split('_')[0] for f in files}) if layout == 'flat' else sum(d.is_dir() for d in root.iterdir())
+    try:
+        with Image.open(files[0]) as im: w, h = im.size
+    except OSError as e: raise CVDDError(f'cannot read image {files[0]}: {e}', 'remove or replace the damaged file') from None
+    (H, W), K = info.img_size, info.num_classes
+    if (classes, h, w) == (K, H, W): return
+    inner = next((d for d in sorted(root.iterdir()) if d.is_dir() and any(s.is_dir() for s in d.iterdir())), None) if classes != K else None
+    fix = (f'point at the folder whose sub-folders are the classes, e.g. {inner}' if inner else 'pass the --dataset the images were distilled from'
+           + (f' (an image-folder dataset: with --img-size {h})' if (h, w) != (H, W) else ''))
+    raise CVDDError(f'{root} holds {classes} class{"es" * (classes != 1)} of {h}x{w} images; {info.name} has {K} classes of {H}x{W} images', fix)
+
+# %% ../nbs/10_cli.ipynb #f6054c05
+def fresh_folder(path:str|Path)->Path:
+    "`path`, unless it exists and holds something."
+    p = Path(path)
+    if p.exists() and (not p.is_dir() or any(p.iterdir())):
+        raise CVDDError(f'{p} exists and is not empty', 'write into a new folder (or delete this one to write it again)')
+    return p
+
+# %% ../nbs/10_cli.ipynb #65a837a4
+def sets_import(args)->DistilledSet:
+    "An image folder (with the reference's soft labels, if given) as a set folder, checked against the dataset."
+    out = fresh_folder(args.out)
+    if args.fkd: fkd_shape(args.fkd)                     # a missing or incomplete label folder fails before any image is read
+    data = load_dataset(args.dataset, root=args.root, **({'img_size': args.img_size} if args.img_size else {}))
+    folder_fits(args.folder, data.info)
+    ds = DistilledSet.from_folder(args.folder, data.info, args.name, fkd=args.fkd, fkd_seed=args.fkd_seed)
+    ds.save(out); src, st = ds.config['source'], ds.store
+    print(f'{len(ds)} images of {data.info.name} ({data.info.num_classes} classes, IPC {ds.ipc}, {src["layout"]} layout) from {src["folder"]}')
+    print(f"labels: the reference's soft labels, {st.epochs} epochs in batches of {st.config.batch_size} ({st.config.mix})" if st is not None
+          else "labels: none stored (add --fkd DIR for the reference's soft labels)")
+    print(f'saved in {out}')
+    return ds
+
+# %% ../nbs/10_cli.ipynb #ba633eef
+def fkd_exportable(ds:DistilledSet, where)->LabelStore:
+    "The set's label store, if the reference's trainer would pair its labels with the right images of the exported folder."
+    st = ds.store
+    if st is None:
+        raise CVDDError(f'{where} holds no stored soft labels', "export without --fkd, or import the set with --fkd DIR (the reference's label files)")
+    if st.meta.get('order') != 'torch':
+        raise CVDDError(f"{where}'s soft labels follow the kit's own image order; the reference's trainer would give them to other images",
+                        "export without --fkd (the reference relabels its images itself), or relabel in Python with relabel(..., order='torch')")
+    if ds.ipc is None or not bool((ds.labels[1:] >= ds.labels[:-1]).all()):
+        raise CVDDError(f"{where}'s images are not stored class by class with IPC images each, the order the reference's trainer reads",
+                        'export without --fkd')
+    return st
+
+# %% ../nbs/10_cli.ipynb #f749c10e
+def sets_ddranking(ds:DistilledSet, args, out:Path)->Path:
+    "`cvdd sets export --layout ddranking`: DD-Ranking's tensors, with soft labels from the committee of `--pool` if given."
+    if args.fkd:
+        raise CVDDError("--fkd writes the reference's label files, which DD-Ranking does not read", 'drop --fkd (give --pool POOL for soft labels)')
+    pool = ExpertPool.load(args.pool).check(ds.info) if args.pool else None
+    if pool is not None and not set(ds.teachers or []) <= set(pool.names):
+        ds.teachers, ds.priors = None, None                  # teachers of another pool: every expert of this one, equal votes
+    ds.export_ddranking(out, teachers=pool, syn_lr=args.syn_lr)
+    meta = load_json(out/'meta.json')
+    print(f"DD-Ranking files in {out}: {', '.join(meta['files'])}; images.pt is {meta['images']}\ncall: {meta['call']}")
+    return out
+
+# %% ../nbs/10_cli.ipynb #5cb5d42f
+def sets_export(args)->Path:
+    "A set as the reference's image folder (with its soft-label files on --fkd), an ImageFolder, or DD-Ranking's tensors."
+    out, ds = fresh_folder(args.out), load_set(args.set, args.method)
+    if args.layout == 'ddranking': return sets_ddranking(ds, args, out)
+    if args.pool or args.syn_lr is not None:
+        raise CVDDError('--pool and --syn-lr are for --layout ddranking', 'drop them, or export with --layout ddranking')
+    st = fkd_exportable(ds, args.set) if args.fkd else None      # refused before anything is written
+    images = ds.export_folder(out/'images', args.layout, args.fmt)
+    print(f'images: {images} ({len(ds)} {args.fmt} files, {args.layout} layout, {ds.info.num_classes} classes)')
+    if st is not None:
+        fkd = store_to_fkd(st, fkd_folder(out/'fkd', st.config.batch_size, ds.ipc), seed=st.config.seed)
+        print(f"labels: {fkd} (the reference's soft-label files: {st.epochs} epochs of {len(st.bounds)} batches, --fkd-seed {st.config.seed})")
+    return out
+
+# %% ../nbs/10_cli.ipynb #b81cd695
+def same_dataset(a:DatasetInfo,    # the set's dataset, as recorded in the set
+                 b:DatasetInfo,    # the dataset loaded from --dataset
+                 where):           # the set, for messages
+    "Raise a `CVDDError` unless `a` and `b` agree on name, classes, image shape and normalisation."
+    keys = ('name', 'num_classes', 'class_names', 'channels', 'img_size', 'mean', 'std')
+    diff = [k for k in keys if json.dumps(getattr(a, k)) != json.dumps(getattr(b, k))]
+    if diff: raise CVDDError(f'{where} was made for {a.name}; the --dataset {b.name} given differs in {", ".join(diff)}',
+                             f'pass --dataset {a.name} (with the --root and --img-size the set was imported with)')
+
+# %% ../nbs/10_cli.ipynb #402538a3
+def sets_evaluate(args)->EvalResult:
+    "Students trained on a set with its stored soft labels; their final-epoch top-1 % on the real test set."
+    ds = load_set(args.set, args.method)
+    data = load_dataset(args.dataset, root=args.root, **({'img_size': args.img_size} if args.img_size else {}))
+    same_dataset(ds.info, data.info, args.set)
+    if ds.store is None: raise CVDDError(f'{args.set} holds no stored soft labels', "import the set with --fkd DIR (the reference's label files)")
+    _, arch, width = _parse_arch(args.student)
+    cfg = EvalConfig(student=arch, width=width, epochs=args.epochs or ds.store.epochs)
+    r = evaluate_set(ds.images, ds.labels, ds.info, data.test, config=cfg, seeds=tuple(args.seeds), store=ds.store, method=ds.method,
+                     device=args.device, quiet=args.quiet)
+    print(ResultsTable([r], f'{args.set} on the real {data.info.name} test set ({len(data.test)} images)').to_markdown())
+    return r
+
 # %% ../nbs/10_cli.ipynb #158b861e
 def _add_data(p):
     p.add_argument('--dataset', default='digits', help=f'one of: {", ".join(list_datasets())}')
@@ -152,19 +312,21 @@ def build_parser()->argparse.ArgumentParser:
     im.add_argument('--img-size', type=int, default=None, help='image side to load the dataset at (default: the reference\'s)')
     im.add_argument('--no-measure', action='store_true', help='do not measure test accuracy (the accuracy check is then skipped)')
     im.add_argument('--min-margin', type=float, default=None, help='points above chance each expert must score (default 5)')
+    _add_sets(sub)
     return ap
 
 # %% ../nbs/10_cli.ipynb #02aadabc
 _COMMANDS = {'demo': cmd_demo, 'run': cmd_run, 'show': cmd_show,
              'recover': lambda a: cmd_run(a, 'recover'), 'relabel': lambda a: cmd_run(a, 'relabel'), 'evaluate': lambda a: cmd_run(a, 'evaluate'),
              ('experts', 'train'): experts_train, ('experts', 'list'): experts_list, ('experts', 'check'): experts_check,
-             ('experts', 'import'): experts_import}
+             ('experts', 'import'): experts_import,
+             ('sets', 'import'): sets_import, ('sets', 'export'): sets_export, ('sets', 'evaluate'): sets_evaluate}
 
 def main(argv:list|None=None)->int:
     "Entry point of the `cvdd` command."
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv); args.argv = argv
-    key = (args.cmd, args.experts_cmd) if args.cmd == 'experts' else args.cmd
+    key = (args.cmd, getattr(args, f'{args.cmd}_cmd')) if args.cmd in ('experts', 'sets') else args.cmd
     try: _COMMANDS[key](args)
     except CVDDError as e:
         print(f'cvdd: error: {e}', file=sys.stderr); return 2
