@@ -8,6 +8,7 @@ ResNet-18 student; 3 seeds), and trains the same students on the full training d
     python bench/accuracy.py --quick          # fashion_mnist, IPC 10, one seed (under 20 minutes on 2 cores)
     python bench/accuracy.py --ablation       # fashion_mnist IPC 10, one change at a time, scored on a validation split
     python bench/accuracy.py --device cuda --jobs 8 ...   # on a GPU: several runs at once
+    python bench/accuracy.py --render                # only rewrite accuracy.md from accuracy.json (no runs)
 
 Writes bench/results/accuracy{,_quick}.{json,md} or ablation.{json,md} (or --results). Every run lives in its own
 resumable run folder under --work (default bench/.cache/accuracy, git-ignored): an interrupted benchmark picks up
@@ -165,7 +166,17 @@ def accuracy_markdown(rows:list, meta:dict)->str:
                   f"{fmt(m.get('random_hard'))} | {r['full'] if r['full'] is not None else '-'} | {d('cvdd', 'sre2l++')} | {d('cvdd', 'random_soft')} |")
     md += ['', '## Budgets (from the configs)', '', '| config | budget | wall (min) |', '|---|---|---|']
     md += [f"| `{b['config']}` | {b['budget']} | {b['wall_s'] / 60:.1f} |" for b in meta['budgets']]
+    pri = [b for b in meta['budgets'] if b.get('priors')]         # (files written before the priors were recorded have none)
+    if pri:
+        md += ['', '## Priors the runs voted with', '', '| config | ' + ' | '.join(['expert: prior'] * max(len(b['priors']) for b in pri)) + ' |',
+               '|---|' + '---|' * max(len(b['priors']) for b in pri)]
+        md += [f"| `{b['config']}` | " + ' | '.join(f'{n}: {v:.2f}' for n, v in b['priors'].items()) + ' |' for b in pri]
     return '\n'.join(md) + '\n'
+
+def render(name:str)->None:
+    "Write `name`.md again from `name`.json (after a change to the table's layout), without running anything."
+    d = load_json(name + '.json', dict(meta=dict, rows=list))
+    atomic_write(name + '.md', (accuracy_markdown if 'budgets' in d['meta'] else ablation_markdown)(d['rows'], d['meta']))
 
 def ablation_markdown(rows:list, meta:dict)->str:
     base = next(r for r in rows if r['name'] == 'defaults')['acc_mean']
@@ -222,7 +233,8 @@ def benchmark(a)->None:
                              full=f['acc'] if f else None, full_epochs=a.full_epochs))
         done_rows[k] = rows
         order = sorted(done_rows, key=lambda k: (datasets.index(k[0]), k[1]))
-        budgets = [dict(config=f'configs/{k[0]}_ipc{k[1]}.toml', budget=budget_line(cfgs[k]), wall_s=outs[keys.index(k)]['wall_s']) for k in order]
+        budgets = [dict(config=f'configs/{k[0]}_ipc{k[1]}.toml', budget=budget_line(cfgs[k]), wall_s=outs[keys.index(k)]['wall_s'],
+                        priors=outs[keys.index(k)]['results'].get('priors')) for k in order]      # {expert: prior} the run voted with
         meta = dict(mode='quick' if quick else 'full', complete=len(done_rows) == len(keys), command=' '.join(['python', 'bench/accuracy.py', *sys.argv[1:]]),
                     commit=git_commit(), machine=machine(a.device), versions=versions(), wall_s=round(time.perf_counter() - t0, 1),
                     shared_s=round(t_prep, 1), full_data=list(full.values()), budgets=budgets)
@@ -288,9 +300,11 @@ def main(argv=None):
     p.add_argument('--threads', type=int, default=0, help='torch threads per run (0: torch default)')
     p.add_argument('--work', default=str(HERE/'.cache'/'accuracy'), help='run folders (resumable)')
     p.add_argument('--results', default='', help='output path without extension')
+    p.add_argument('--render', action='store_true', help='only write the .md of --results (default: the benchmark\'s) again from its .json')
     a = p.parse_args(argv)
     if a.full_epochs is None: a.full_epochs = 0 if a.quick else 1      # --quick leaves out the full-data bound unless asked
     a.root = dict(r.split('=', 1) for r in a.root)
+    if a.render: return render(a.results or str(HERE/'results'/('ablation' if a.ablation else 'accuracy_quick' if a.quick else 'accuracy')))
     try: ablation(a) if a.ablation else benchmark(a)
     except CVDDError as e: print(f'bench: error: {e}', file=sys.stderr); sys.exit(2)         # one message, as `cvdd` gives
     except KeyboardInterrupt:

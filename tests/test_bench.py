@@ -33,6 +33,12 @@ def test_benchmark_tables(tmp_path):
     assert 0 < res['meta']['shared_s'] <= res['meta']['wall_s']
     md = (tmp_path/'acc.md').read_text()
     assert '| digits | 1 | resnet18-w0.125 |' in md and 'experts 2 x 3 ep' in md
+    # the priors each run voted with are recorded beside its budget and shown (the README's prose may only cite a file)
+    fct.test_eq(res['meta']['budgets'][0]['priors'], run['priors'])
+    assert '| `configs/digits_ipc1.toml` | ' + ' | '.join(f'{n}: {v:.2f}' for n, v in run['priors'].items()) + ' |' in md
+    # --render writes the same table again from the JSON alone, running nothing
+    (tmp_path/'acc.md').unlink(); _bench('--render', '--results', str(tmp_path/'acc'))
+    fct.test_eq((tmp_path/'acc.md').read_text(), md)
     # a second call finds every run finished and recomputes nothing: same numbers
     _bench(*args)
     fct.test_eq(load_json(tmp_path/'acc.json')['rows'], res['rows'])

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 import fastcore.test as fct
 from cvdd_nb.core import CVDDError
 from cvdd_nb.data import normalize, per_class_subset
-from cvdd_nb.experts import evaluate_model
+from cvdd_nb.experts import ExpertPool, evaluate_model
 from cvdd_nb.models import create_model
 from cvdd_nb.relabel import Augmenter, LabelStore, OnlineLabeler, RelabelConfig, make_committee, relabel
 from cvdd_nb.evaluate import (DistilledSet, EvalConfig, EvalResult, ResultsTable, baseline_sets, compare, distill_priors, evaluate_set,
@@ -169,8 +169,21 @@ def test_compare_baselines_and_distill_priors(pool, data, xy):
     fct.test_eq([r['method'] for r in tab.rows()], list(sets))
     fct.test_eq([r['labels'] for r in tab.rows()], ['soft', 'hard', 'soft', 'hard'])
     assert all(len(r.accs) == 2 and 0 <= r.mean <= 100 for r in tab.results)
-    pri = distill_priors(pool, data, lambda name: per_class_subset(data.train, 1, seed=0), config=dict(epochs=1))
-    fct.test_eq(len(pri), 2)
+
+def test_distill_priors_are_each_experts_own_sre2l_score(pool, data):
+    """A prior is the accuracy of a student trained on what that expert distils alone, labelled by it alone: recomputed
+    here for each expert with a pool of that expert only, they match; and each expert was asked for its own set, in order."""
+    sets = {n: per_class_subset(data.train, 1, seed=i + 3) for i, n in enumerate(pool.names)}    # a different set per expert
+    asked = []
+    def distill(name): asked.append(name); return sets[name]
+    pri = distill_priors(pool, data, distill, config=dict(epochs=10), seeds=(0, 1))
+    fct.test_eq(asked, pool.names)
+    alone = [evaluate_set(normalize(sets[e.name].x, data.info), sets[e.name].y, data.info, data.test, ExpertPool([e]),
+                          config=dict(epochs=10), seeds=(0, 1)).mean for e in pool]
+    fct.test_eq(pri, alone); assert all(15 < p <= 100 for p in pri), pri    # above chance (10 %): the students learnt
+    assert len(set(alone)) == 2, alone                     # the two experts' scores differ, so a swap or a shared label source shows
+    both = evaluate_set(normalize(sets['a'].x, data.info), sets['a'].y, data.info, data.test, pool, config=dict(epochs=10), seeds=(0, 1)).mean
+    assert both != pri[0], 'labels by the whole pool would give the same prior: the test could not tell'
 
 def test_resnet18_student_and_intermediate_tests(data, xy):
     x, y = xy

@@ -7,6 +7,7 @@ from cvdd_nb.core import CVDDError
 from cvdd_nb.data import load_dataset, normalize, write_cifar_fixture
 from cvdd_nb.experts import Expert, ExpertPool, train_expert, train_pool, evaluate_model
 from cvdd_nb.models import create_model
+from safetensors.torch import load as st_load, save as st_save
 
 @pytest.fixture(scope='module')
 def expert(data): return train_expert('convnet', data, dict(epochs=3), width=0.25, seed=1, quiet=True)
@@ -73,9 +74,15 @@ def test_pool_roundtrip_and_resume(data, tmp_path):
     archs = [('a', 'convnet', 0.25), ('b', 'shufflenetv2', 0.5)]
     pool = train_pool(archs, data, tmp_path/'p', dict(epochs=1), quiet=True)
     assert (tmp_path/'p/pool.md').read_text().startswith('| expert |')
-    # delete one expert: only it is retrained, the other is loaded as it was
+    # delete one expert: only it is retrained, the other is loaded as it was. A seeded retrain would give back the trained
+    # weights, so first mark expert a's saved weights (one value changed on disk): a loaded expert keeps the mark, a retrained one loses it
     import shutil; shutil.rmtree(tmp_path/'p/b')
+    f = tmp_path/'p/a/model.safetensors'; sd = st_load(f.read_bytes()); k = next(k for k, v in sd.items() if v.is_floating_point())
+    sd[k].view(-1)[0] = 123.0; f.write_bytes(st_save(sd, metadata={'format': 'pt'}))
     again = train_pool(archs, data, tmp_path/'p', dict(epochs=1), quiet=True)
+    fct.test_eq(again['a'].model.state_dict()[k].view(-1)[0].item(), 123.0)
+    got = again['a'].model.state_dict(); assert all(torch.equal(v.to(got[n].dtype), got[n]) for n, v in sd.items())   # every tensor as on disk
+    fct.test_eq(st_load(f.read_bytes())[k].view(-1)[0].item(), 123.0)                    # and so it is saved again
     fct.test_eq(again.table(), pool.table()[:1] + again.table()[1:])
     fct.test_eq(again['b'].meta.test_acc, pool['b'].meta.test_acc)       # seeded: retrained identically
     fct.test_eq(ExpertPool.load(tmp_path/'p').names, ['a', 'b'])

@@ -25,10 +25,25 @@ def test_cli_run_end_to_end(tiny_cfg, tmp_path):
     for f in ('images.png', 'votes.png', 'losses.png', 'accuracy.png'): assert (tmp_path/'run'/f).read_bytes()[:4] == b'\x89PNG'
     shown = subprocess.run([CVDD, 'show', str(tmp_path/'run')], capture_output=True, text=True, env=ENV)
     assert shown.returncode == 0 and '| random_hard |' in shown.stdout
-    # a finished run is not recomputed
-    t0 = time.perf_counter(); again = subprocess.run([CVDD, '--quiet', 'run', '--config', str(tiny_cfg), '--out', str(tmp_path/'run')], capture_output=True, text=True, env=ENV)
-    assert again.returncode == 0 and time.perf_counter() - t0 < 30
+    # a finished run is not recomputed: every file a stage wrote (experts, priors, images, labels, students' results) is
+    # left as it was, not written again (same inode, mtime and bytes); only the run's summary files are rendered again
+    before = _files(tmp_path/'run')
+    again = subprocess.run([CVDD, '--quiet', 'run', '--config', str(tiny_cfg), '--out', str(tmp_path/'run')], capture_output=True, text=True, env=ENV)
+    assert again.returncode == 0, again.stderr
+    after = _files(tmp_path/'run')
+    fct.test_eq(sorted(after), sorted(before))
+    rewritten = sorted(p for p in before if before[p][:2] != after[p][:2])
+    fct.test_eq([p for p in rewritten if p not in RENDERED], [])
+    fct.test_eq([after[p][2] == before[p][2] for p in ('evaluate/results.json', 'evaluate/results.md')], [True, True])   # the same table
+    assert any(p.startswith('recover/cvdd/') for p in before) and any(p.startswith('labels/') for p in before) and any(p.startswith('evaluate/') for p in before)
     fct.test_eq(load_json(tmp_path/'run/results.json')['methods'], res['methods'])
+
+RENDERED = {'manifest.json', 'results.json', 'report.md', 'accuracy.png', 'images.png', 'votes.png', 'losses.png',   # rewritten by every call
+            'evaluate/results.json', 'evaluate/results.md'}                                           # (the table, from the students' files)
+
+def _files(d:Path)->dict:
+    "{relative path: (inode, mtime_ns, bytes)} of every file under `d`."
+    return {str(p.relative_to(d)): (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(d.rglob('*')) if p.is_file()}
 
 def test_kill_during_recover_then_resume_gives_same_images(tiny_cfg, tmp_path):
     over = ['--set', 'recover.iterations=60', '--set', 'recover.checkpoint_every=5']

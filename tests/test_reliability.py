@@ -175,6 +175,34 @@ def test_isolated_nonfinite_steps_are_skipped(pool, data, value):
     assert torch.isfinite(r.images).all() and torch.isfinite(r.ce).all() and torch.isfinite(r.bn).all()
     assert not torch.equal(r.images, clean.images)
 
+def test_nonfinite_step_halves_the_lr_for_the_rest_of_the_unit(pool, data, tmp_path):
+    """Each skipped step halves the lr of every later step of its unit (the callbacks see the lr each step used), the next
+    unit starts at the configured lr again, and the halved scale is what the progress checkpoint records and a resume uses."""
+    from safetensors import safe_open
+    cfg = dict(SMALL, classes_per_chunk=5, callback_every=1)                 # two units of 12 steps each, run one after the other
+    seen = []
+    h = _poison(pool[0].model, {3, 8})                                        # bad steps 3 and 8 of the first unit
+    try:
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter('always'); recover(pool, data, cfg, quiet=True, callbacks=[lambda s: seen.append((s.units[0], s.step, s.lr))])
+    finally: h.remove()
+    fct.test_eq([str(x.message).split(': ')[-1] for x in w if 'step skipped' in str(x.message)],
+                ['step skipped, lr now 0.5 x the schedule', 'step skipped, lr now 0.25 x the schedule'])
+    lr, T = RecoverConfig().lr, cfg['iterations']
+    scale = {u: [round(l / R.cosine_lr(s - 1, T, lr), 12) for uu, s, l in seen if uu == u] for u in dict.fromkeys(u for u, _, _ in seen)}
+    fct.test_eq(list(scale), ['k0_c0', 'k0_c1'])
+    fct.test_eq(scale['k0_c0'], [1.0] * 3 + [0.5] * 5 + [0.25] * 4)          # step 3 at full lr (it was skipped), 4-8 at half, 9-12 at a quarter
+    fct.test_eq(scale['k0_c1'], [1.0] * 12)                                    # a new unit: the configured lr
+    # stopped after step 5 (one bad step behind it): the checkpoint holds the halved scale, and the resumed steps use it
+    h = _poison(pool[0].model, {3})
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore'); assert recover(pool, data, cfg, out=tmp_path, quiet=True, stop_after=5) is None
+    finally: h.remove()
+    with safe_open(str(tmp_path/'checkpoint/progress.safetensors'), framework='pt') as f: fct.test_eq((f.metadata()['step'], f.metadata()['lr_scale']), ('5', '0.5'))
+    seen.clear(); recover(pool, data, cfg, out=tmp_path, quiet=True, callbacks=[lambda s: seen.append((s.units[0], s.step, s.lr))])
+    fct.test_eq([(u, s, round(l / R.cosine_lr(s - 1, T, lr), 12)) for u, s, l in seen if u == 'k0_c0'], [('k0_c0', s, 0.5) for s in range(6, 13)])
+
 def test_nonfinite_update_is_rolled_back(pool, data, monkeypatch):
     "Finite gradients but an update that writes NaN into the pixels: the step is rolled back and skipped."
     calls, orig = [0], R.adam_step
