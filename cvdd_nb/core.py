@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #e03e2cf3
 from __future__ import annotations
-import atexit, dataclasses, errno, json, os, platform, random, re, shutil, socket, sys, tempfile, time, warnings
+import atexit, collections, dataclasses, errno, json, os, platform, random, re, shutil, socket, sys, tempfile, time, warnings
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,8 @@ from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['LOCK_NAME', 'CVDDError', 'check_choice', 'set_seed', 'make_generator', 'get_device', 'autocast', 'atomic_write',
-           'clean_temp_files', 'save_json', 'load_json', 'Config', 'versions', 'FolderLock', 'RunDir', 'progress']
+           'clean_temp_files', 'save_json', 'load_json', 'Config', 'versions', 'FolderLock', 'counting', 'tally',
+           'RunDir', 'progress']
 
 # %% ../nbs/00_core.ipynb #cc2098ce
 class CVDDError(ValueError):
@@ -214,6 +215,21 @@ def release(self:FolderLock):
         if json.loads(self.path.read_text()).get('pid') == os.getpid(): self.path.unlink()
     except (OSError, ValueError): pass
 
+# %% ../nbs/00_core.ipynb #341bdd11
+_COUNTERS:list = []             # the open `counting` blocks
+
+@contextmanager
+def counting():
+    "Collect the work `tally` reports inside the block into a `collections.Counter` (nested blocks each see all of it)."
+    c = collections.Counter(); _COUNTERS.append(c)
+    try: yield c
+    finally: _COUNTERS.remove(c)
+
+# %% ../nbs/00_core.ipynb #d1bf8ac8
+def tally(what:str, n:int=1):
+    "Report `n` units of work `what` (e.g. 'recover_steps') to every open `counting` block."
+    for c in _COUNTERS: c[what] += n
+
 # %% ../nbs/00_core.ipynb #8c15433b
 class RunDir:
     "A run's folder and its `manifest.json`: config, seeds, versions, stage status and timing."
@@ -244,9 +260,10 @@ class RunDir:
     def stage(self, name:str, **info):
         "Time a stage and record it as running, then done (or failed, or 'stopped' if the body says so) in the manifest."
         st = self.manifest['stages'].setdefault(name, {})
-        before = st.get('seconds', 0.0) if st.get('status') in ('stopped', 'failed') else 0.0   # a resumed stage adds up its time
+        was_done, before = st.get('status') == 'done', st.get('seconds', 0.0)      # a resumed stage adds up its time
         st.update(status='running', **info); self.save(); t0 = time.perf_counter()
-        try: yield st
+        try:
+            with counting() as work: yield st
         except KeyboardInterrupt as e:
             st.update(status='stopped', error='KeyboardInterrupt')
             if not hasattr(e, 'cvdd_stage'): e.cvdd_stage = name          # the innermost stage, for the one-line message
@@ -257,7 +274,8 @@ class RunDir:
             if st['status'] == 'running': st['status'] = 'done'     # the body may set 'stopped' (resume later)
             st.pop('error', None)
         finally:
-            st['seconds'] = round(before + time.perf_counter() - t0, 3); self.save()
+            st['work'] = dict(sorted(work.items()))
+            st['seconds'] = before if was_done else round(before + time.perf_counter() - t0, 3); self.save()
 
 # %% ../nbs/00_core.ipynb #690599af
 def progress(it=None, **kw):

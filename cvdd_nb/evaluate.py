@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_evaluate.ipynb #b43a025c
 from __future__ import annotations
-import dataclasses, io, json, math, statistics, time
+import dataclasses, io, json, math, pickle, statistics, time, warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 from safetensors.torch import load as st_load, save as st_save
 
-from .core import CVDDError, Config, atomic_write, autocast, get_device, load_json, progress, save_json, set_seed, versions
+from .core import CVDDError, Config, atomic_write, autocast, get_device, load_json, progress, save_json, set_seed, tally, versions
 from .data import Data, DatasetInfo, Split, class_counts, denormalize, normalize, per_class_subset
 from .models import create_model
 from .experts import evaluate_model
@@ -141,7 +141,11 @@ def _resume_student(path, key:dict|None, model:nn.Module, opt)->tuple:
     "(first epoch, history, seconds so far) from a checkpoint (loaded with weights_only=True), or a fresh start."
     if path is None or not Path(path).exists(): return 0, [], 0.0
     try: ck = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e: raise CVDDError(f'student checkpoint {path} cannot be read ({type(e).__name__})', 'delete it to train that student again') from None
+    except pickle.UnpicklingError as e:        # it holds more than tensors: refused, and left for the user to look at
+        raise CVDDError(f'student checkpoint {path} cannot be read (UnpicklingError: it holds more than tensors and numbers)', 'delete it to train that student again') from None
+    except Exception as e:                     # damaged on disk: never trust it, train that student from the start
+        warnings.warn(f'student checkpoint {path} is unreadable ({type(e).__name__}); that student is trained again from epoch 0', RuntimeWarning)
+        return 0, [], 0.0
     if not isinstance(ck, dict) or ck.get('key') != key:
         raise CVDDError(f'student checkpoint {path} belongs to another student (settings, seed, images or labels differ)', 'delete it, or use another folder')
     model.load_state_dict(ck['model']); opt.load_state_dict(ck['opt']); torch.set_rng_state(ck['rng'])
@@ -172,7 +176,7 @@ def train_student(images:torch.Tensor,       # normalised float images (N, C, H,
     t0 -= before
     step = lambda x, z, y, yb, lam: _step(model, opt, x, z, y, yb, lam, cfg, hard, device)
     for e in progress(range(first, cfg.epochs), desc=f'student {cfg.student}', disable=quiet or None, initial=first, total=cfg.epochs):
-        hist.append(student_epoch(model, opt, source, x_all, y_all, e, cfg, hard, step, cl, test, info))
+        hist.append(student_epoch(model, opt, source, x_all, y_all, e, cfg, hard, step, cl, test, info)); tally('student_epochs')
         if checkpoint is not None: _save_student(checkpoint, key, model, opt, hist, time.perf_counter() - t0)
     acc = evaluate_model(model, test, info, cfg.eval_batch, device) if test is not None else None
     if hist and acc is not None: hist[-1]['acc'] = acc

@@ -15,7 +15,7 @@ from safetensors.torch import save as st_save
 
 import cvdd_nb
 
-from .core import CVDDError, Config, FolderLock, atomic_write, check_choice, get_device, load_json, progress, save_json, set_seed, make_generator, versions, autocast
+from .core import CVDDError, Config, FolderLock, atomic_write, check_choice, get_device, load_json, progress, save_json, set_seed, make_generator, tally, versions, autocast
 from .data import Data, DatasetInfo, Split, normalize, load_dataset, holdout_split
 from .models import bn_layers, count_params, create_model, has_batchnorm, read_state_dict
 
@@ -228,7 +228,7 @@ def train_expert(arch:str,                      # a `create_model` name, e.g. 'r
     snaps, model = {}, model.train()
     for ep in progress(range(done, recipe.epochs), desc=f'train {name or arch}', disable=quiet or None):
         t0 = time.perf_counter(); _train_epoch(model, opt, sched, x_all, y_all, info, recipe, pad, flip, g, device)
-        secs += time.perf_counter() - t0
+        secs += time.perf_counter() - t0; tally('expert_epochs')
         if ep + 1 in snapshots and ep + 1 < recipe.epochs:
             snaps[ep + 1] = _as_expert(model.eval(), data, rec, seed, name, ep + 1, secs, device, valid, half, train_acc=False); model.train()
             if ckpt: snaps[ep + 1].save(ckpt/f'e{ep + 1}')

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import CVDDError, Config, check_choice, get_device, load_json, make_generator, progress, save_json, set_seed
+from .core import CVDDError, Config, check_choice, get_device, load_json, make_generator, progress, save_json, set_seed, tally
 from .data import DatasetInfo, Split
 from .models import create_model
 from .experts import NO_FLIP, evaluate_model
@@ -136,7 +136,7 @@ def train_hard(images:torch.Tensor,        # normalised images (N, C, H, W)
             xb = dsa_augment(x[idx.to(device)], strategy, g) if cfg.augment else x[idx.to(device)]
             loss = F.cross_entropy(model(xb), y[idx.to(device)])
             opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); total += float(loss.detach()) * len(idx)
-        hist.append(dict(epoch=ep, lr=hard_lr(ep, cfg), loss=total / len(x)))
+        hist.append(dict(epoch=ep, lr=hard_lr(ep, cfg), loss=total / len(x))); tally('hard_epochs')
     acc = evaluate_model(model, test, info, device=device) if test is not None else None
     return StudentRun(model.cpu().eval(), acc, hist, time.perf_counter() - t0)
 

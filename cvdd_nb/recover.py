@@ -15,7 +15,7 @@ from safetensors import safe_open
 from fastcore.basics import patch
 from safetensors.torch import load as st_load, save as st_save
 
-from .core import CVDDError, Config, atomic_write, autocast, check_choice, get_device, load_json, make_generator, progress, save_json, versions
+from .core import CVDDError, Config, atomic_write, autocast, check_choice, get_device, load_json, make_generator, progress, save_json, tally, versions
 from .data import Data, DatasetInfo, class_counts, denormalize, normalize, per_class_subset, pixel_bounds
 from .models import bn_layers
 from .experts import ExpertPool, default_flip, evaluate_model
@@ -763,7 +763,13 @@ def _load_done(self:_Run)->dict:
     got = {u.key: _load_unit(self.ck/f'{u.key}.safetensors', len(u.classes)) for u in self.units if (self.ck/f'{u.key}.safetensors').exists()}
     return {k: v for k, v in got.items() if v is not None}
 
-_Run.save_progress, _Run.load_progress, _Run.load_done = _save_progress, _load_progress, _load_done
+def _progress_group(self:_Run)->str|None:
+    "The group whose progress the checkpoint file holds (None when it cannot be read)."
+    try:
+        with safe_open(str(self.ck/self.progress_file), framework='pt') as f: return f.metadata().get('group')
+    except Exception: return None
+
+_Run.save_progress, _Run.load_progress, _Run.load_done, _Run.progress_group = _save_progress, _load_progress, _load_done, _progress_group
 
 def _nonfinite(self:_Run, group:list, step:int, loss:float):
     "After a skipped (non-finite) step: halve the lr for the rest of the group; give up after `MAX_BAD_STEPS` in a row."
@@ -822,7 +828,7 @@ def _run_group(self:_Run, gi:int, group:list, bank)->dict:
         hooks = [stack.enter_context(BNStats(m, G)) for m in models]
         while step < T:
             lr, loss, ce, bn = self.step(nets, hooks, states, W, y, step, members)
-            step += 1; self.steps += 1; self.done += 1; self.bar.update(1)
+            step += 1; self.steps += 1; self.done += 1; self.bar.update(1); tally('recover_steps')
             self.nonfinite(group, step, loss) if self.skipped else setattr(self, 'bad', 0)
             self.after_step(gi, group, states, step, lr, loss, ce, bn, names, W, y)
         with torch.no_grad():
@@ -862,6 +868,8 @@ def _call(self:_Run)->Recovered:
         else: save_json(self.ck/'run.json', dict(fingerprint=self.fp))
     done = self.load_done()
     todo = [(gi, g) for gi, g in enumerate(self.groups) if not all(u.key in done for u in g)]
+    if self.ck is not None and (self.ck/self.progress_file).exists():    # the group in progress first: others would overwrite its file
+        todo.sort(key=lambda t: str(t[0]) != self.progress_group())      # (units are independent: the order changes no bit)
     self.total, self.done = self.cfg.iterations * len(self.groups), self.cfg.iterations * (len(self.groups) - len(todo))
     used = sorted({i for u in self.units for i in u.members})
     with _Placed([self.pool[i].model for i in used], self.device, self.cl), progress(total=self.total, initial=self.done, desc='recover', disable=True if self.quiet else None) as self.bar:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_relabel.ipynb #06f82a15
 from __future__ import annotations
-import dataclasses, hashlib, json, math, shutil, time
+import dataclasses, hashlib, json, math, shutil, time, warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load as st_load, save as st_save
 
-from .core import CVDDError, Config, atomic_write, autocast, check_choice, get_device, load_json, progress, save_json, versions
+from .core import CVDDError, Config, atomic_write, autocast, check_choice, get_device, load_json, progress, save_json, tally, versions
 from .data import DatasetInfo
 from .experts import Expert, ExpertPool, default_flip
 
@@ -509,10 +509,12 @@ def _resume_epochs(part:Path|None, fp:dict, t:dict)->set:
     done = set()
     for f in sorted(part.glob('e*.safetensors')):
         try: e, z = int(f.stem[1:]), st_load(f.read_bytes())
-        except Exception: continue
-        if 0 <= e < len(t['order']) and z.keys() == t.keys() and all(z[k].shape == t[k][e].shape and z[k].dtype == t[k].dtype for k in t):
+        except Exception as err: z, why = None, type(err).__name__
+        else: why = 'wrong tensors for this store'
+        if z is not None and 0 <= e < len(t['order']) and z.keys() == t.keys() and all(z[k].shape == t[k][e].shape and z[k].dtype == t[k].dtype for k in t):
             for k in t: t[k][e] = z[k]
             done.add(e)
+        else: warnings.warn(f'relabel: checkpoint {f} is unreadable ({why}); that epoch is labelled again', RuntimeWarning)
     return done
 
 def relabel(images:torch.Tensor,            # normalised float images (N, C, H, W)
@@ -538,6 +540,7 @@ def relabel(images:torch.Tensor,            # normalised float images (N, C, H, 
             if e in done: continue
             for b, ((s, _), a) in enumerate(zip(bounds, aug.plan(n, e))):
                 _put(t, e, b, s, a, compress_logits(com(apply_aug(x_all, a)), cfg.topk))
+            tally('relabel_epochs')
             if part is not None: atomic_write(part/f'e{e:04d}.safetensors', st_save({k: v[e].contiguous() for k, v in t.items()}))
     meta = dict(config=cfg.to_dict(), n=n, num_classes=K, img_size=list(info.img_size), dataset=info.name, class_names=list(info.class_names),
                 teachers=com.names, weights=com.weights.tolist(), priors=com.priors, flip=aug.flip, order=order, images=images_fingerprint(images),

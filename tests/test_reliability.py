@@ -97,7 +97,7 @@ def test_pickles_are_refused(data, tmp_path):
     from cvdd_nb.relabel import Augmenter
     torch.save(dict(key={}, model=_Evil()), tmp_path/'student.pt')      # a poisoned student checkpoint
     _raises(lambda: train_student(x, y, data.info, Augmenter(data.info, dict(epochs=1)), dict(epochs=1), hard=True, checkpoint=tmp_path/'student.pt'),
-            'cannot be read (UnpicklingError)')
+            'cannot be read (UnpicklingError: it holds more than tensors')
 
 MISMATCH = [(dict(num_classes=9, class_names=list('012345678')), 'has 10 classes but'),
             (dict(class_names=list('0123456798')), "class 8 is '8' for the expert but '9'"),
@@ -323,3 +323,38 @@ def test_sigkill_anywhere_loses_nothing_and_resumes_bit_identical(pool_dir, tmp_
     fct.test_eq(lost, 0)
     fct.test_eq(survived, dict(recover=3, write=2, relabel=3, evaluate=3))
     print(f'\nkills (stage, kill point, files on disk): {log}\ncalls in an uninterrupted run: {counts}\nbytes lost: {lost}')
+
+STAGES = ['recover', 'relabel', 'evaluate']                      # the CHILD's tick names, in run order
+WORK = dict(recover=['recover_cvdd', 'recover_sre2l++'], relabel=['relabel'], evaluate=['evaluate'])
+
+@pytest.fixture(scope='module')
+def killed_ref(pool_dir, tmp_path_factory):
+    "An uninterrupted TINY run (checkpoints every 3 recover steps): its folder and the CHILD's counts of what it did."
+    d = tmp_path_factory.mktemp('counts')
+    cfg = dict(TINY, experts=dict(pool=str(pool_dir)), recover=dict(TINY['recover'], checkpoint_every=3, callback_every=1))
+    (d/'cfg.json').write_text(json.dumps(cfg)); (d/'child.py').write_text(CHILD)
+    r = _child(d, d/'ref'); assert r.returncode == 0, r.stderr
+    return d, json.loads(r.stdout.strip().splitlines()[-1])
+
+def _work(out:Path, kind:str)->int:
+    "The work the manifest says the last call did in `kind`'s stages (recover steps, epochs labelled, student epochs)."
+    st = json.loads((out/'manifest.json').read_text())['stages']
+    return sum(sum(st[s]['work'].values()) for s in WORK[kind])
+
+@pytest.mark.parametrize('kind', STAGES)
+def test_sigkill_then_resume_does_only_the_work_left(killed_ref, kind):
+    d, ref = killed_ref
+    # kill one tick after the first checkpoint: recover step 10 (checkpoint at 9), relabel's first batch of epoch 1,
+    # the first student's first step of epoch 1 (a checkpoint per epoch); what the resume must redo is known exactly
+    per = dict(recover=9, relabel=ref['relabel'] // _work(d/'ref', 'relabel'), evaluate=ref['evaluate'] // _work(d/'ref', 'evaluate'))[kind]
+    p = _child(d, d/kind, kind, per + 1); assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
+    r = _child(d, d/kind); assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    for s in STAGES[:STAGES.index(kind)]: assert got.get(s, 0) == 0, (s, got)           # finished before the kill: not redone
+    assert got.get(kind, 0) == ref[kind] - per, (kind, per, got, ref)                   # all but what the checkpoint held
+    for s in STAGES[STAGES.index(kind) + 1:]: assert got[s] == ref[s], (s, got, ref)
+    for s in STAGES:                                                                       # the manifest says the same
+        full, now = _work(d/'ref', s), _work(d/kind, s)
+        assert full > 0
+        if s == kind: assert 0 < now < full, (s, now, full)
+        else: assert now == (0 if STAGES.index(s) < STAGES.index(kind) else full), (s, now, full)
