@@ -215,7 +215,7 @@ def release(self:FolderLock):
         if json.loads(self.path.read_text()).get('pid') == os.getpid(): self.path.unlink()
     except (OSError, ValueError): pass
 
-# %% ../nbs/00_core.ipynb #341bdd11
+# %% ../nbs/00_core.ipynb #4feb3950
 _COUNTERS:list = []             # the open `counting` blocks
 
 @contextmanager
@@ -225,7 +225,7 @@ def counting():
     try: yield c
     finally: _COUNTERS.remove(c)
 
-# %% ../nbs/00_core.ipynb #d1bf8ac8
+# %% ../nbs/00_core.ipynb #ac85ff89
 def tally(what:str, n:int=1):
     "Report `n` units of work `what` (e.g. 'recover_steps') to every open `counting` block."
     for c in _COUNTERS: c[what] += n
