@@ -4,8 +4,12 @@ training per epoch (stored vs online labels), and the label store's size vs the 
     python bench/speed.py            # CPU, fashion_mnist, IPC 10, 5 experts: ~10 min on 2 busy cores (first run +3 min: experts)
     python bench/speed.py --quick    # ~1-2 min (after the experts are cached)
     python bench/speed.py --device cuda --compile --synthetic 32,224   # on a GPU: also CIFAR-size and 224 px settings
+    python bench/speed.py --quick --data digits --experts 2 --out /tmp/s   # a smoke run in seconds (what the tests run)
 
-Writes bench/results/speed.json and bench/results/speed.md (or --out). Experts are trained once and cached in
+Writes bench/results/speed.json, speed.md and speed.SOURCE.md (command, commit, machine, load, wall time) (or --out).
+The faithful loop is checked against ours first, in the timed setting: both are run for `--agree-steps` steps and the
+share of pixels that agree is recorded (they optimise the same objective from the same starts and views; over many
+steps a tie broken by float summation order moves one image, and the batch's BN statistics carry that to the rest). Experts are trained once and cached in
 bench/.cache/ (git-ignored). Every timed recover variant runs in its own process, so its peak memory is its own.
 """
 from __future__ import annotations
@@ -17,9 +21,10 @@ import torch
 import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parent)); sys.path.insert(0, str(HERE))
 
 from cvdd_nb.core import make_generator, versions
+from accuracy import git_commit
 from cvdd_nb.data import Data, DatasetInfo, Split, load_dataset, normalize, pixel_bounds
 from cvdd_nb.models import bn_layers, create_model
 from cvdd_nb.experts import Expert, ExpertMeta, ExpertPool, train_pool
@@ -46,13 +51,12 @@ class PeakRSS:
     def __exit__(self, *exc):
         self._stop.set(); self._t.join(); self.peak = max(self.peak, self.now())
 
-def fashion()->Data: return load_dataset('fashion_mnist')
-
-def expert_pool(data:Data, cache:Path, threads:int)->ExpertPool:
-    "The five tiny experts of the bench, trained once (3k images, 2 epochs each) and cached."
-    sub = Data(data.train.subset(torch.arange(0, len(data.train), 20)), data.test.subset(torch.arange(0, len(data.test), 5)), data.info)
+def expert_pool(data:Data, cache:Path, threads:int, n:int=len(POOL))->ExpertPool:
+    "The first `n` tiny experts of the bench, trained once and cached (Fashion-MNIST: 3k images, 2 epochs; digits: all, 4 epochs)."
+    step, epochs = (20, 2) if len(data.train) > 20000 else (1, 4)
+    sub = Data(data.train.subset(torch.arange(0, len(data.train), step)), data.test.subset(torch.arange(0, len(data.test), 5 if step > 1 else 1)), data.info)
     torch.set_num_threads(threads)
-    return train_pool(POOL, sub, cache/'pool_fashion_mnist', dict(epochs=2, batch_size=64, lr=3e-3), quiet=True)
+    return train_pool(POOL[:n], sub, cache/f'pool_{data.info.name}_{n}', dict(epochs=epochs, batch_size=64, lr=3e-3), quiet=True)
 
 def synthetic(side:int, classes:int=10, n:int=64)->Data:
     "Random uint8 images of a given size (timing only: no real data is needed to time recover)."
@@ -116,6 +120,13 @@ def reference_recover(pool:ExpertPool, data:Data, cfg:RecoverConfig, device='cpu
         for m in models: m.cpu()
     return out
 
+def agreement(pool:ExpertPool, data:Data, cfg:RecoverConfig, steps:int, device='cpu')->dict:
+    "The faithful loop and our sequential recover, `steps` steps each from the same starts and views: how far their images differ."
+    cfg = cfg.replace(iterations=steps)
+    ref, ours = reference_recover(pool, data, cfg, device), recover(pool, data, cfg, quiet=True).images
+    d = (ref - ours).abs()
+    return dict(steps=steps, median=float(d.median()), max=float(d.max()), share_within_1e_4=float((d <= 1e-4).float().mean()))
+
 def clean_ce(pool:ExpertPool, data:Data, cfg:RecoverConfig, images:torch.Tensor)->float:
     "Mean committee cross-entropy of the final images, un-augmented (each IPC index with its own committee)."
     plan, tot = committee_plan(pool, cfg, compute_priors(pool, cfg.prior, cfg.prior_values, data)), 0.0
@@ -137,13 +148,13 @@ VARIANTS = {
 
 def recover_cfg(a, variant:str)->RecoverConfig:
     base = RecoverConfig(ipc=a.ipc, iterations=a.iterations, device=a.device, amp=False, channels_last='no',
-                         prior='equal' if a.dataset != 'fashion_mnist' else 'accuracy')
+                         prior='equal' if a.dataset.startswith('synthetic') else 'accuracy')
     if variant in ('reference', 'sequential'): return base
     return base.replace(grouped=True, mix_committees=True, channels_last='yes', amp=a.device == 'cuda', compile=variant == 'fastest_compile')
 
 def load_setting(a):
-    if a.dataset == 'fashion_mnist':
-        data = fashion(); return data, expert_pool(data, Path(a.cache), a.threads)
+    if not a.dataset.startswith('synthetic'):
+        data = load_dataset(a.dataset); return data, expert_pool(data, Path(a.cache), a.threads, a.experts)
     side = int(a.dataset.removeprefix('synthetic'))
     data = synthetic(side)
     if side > 64:   # ImageNet-style torchvision models for large images (the CIFAR-style stems keep full resolution)
@@ -169,7 +180,7 @@ def worker_recover(a)->dict:
     n_img = data.info.num_classes * a.ipc
     r = dict(variant=a.variant, seconds=secs, images=n_img, iterations=a.iterations, img_it_per_s=n_img * a.iterations / secs,
              s_per_image=secs / n_img, peak_rss_mib=round(mem.peak, 1), rss_before_mib=round(mem.before, 1),
-             extra_rss_mib=round(mem.peak - mem.before, 1), compile_s=compile_s, ce=clean_ce(pool, data, cfg, images) if a.dataset == 'fashion_mnist' else None)
+             extra_rss_mib=round(mem.peak - mem.before, 1), compile_s=compile_s, ce=None if a.dataset.startswith('synthetic') else clean_ce(pool, data, cfg, images))
     if dev.type == 'cuda': r['cuda_peak_mib'] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     if a.save_images: torch.save(images, a.save_images)
     return r
@@ -185,7 +196,7 @@ def bench_recover(a, dataset:str, variants:list, repeats:int, iterations:int)->d
     for r in range(repeats):
         for v in variants:
             extra = ['--save-images', str(Path(a.cache)/f'recovered_{dataset}_{v}.pt')] if r == 0 else []
-            res = run_worker(['--variant', v, '--dataset', dataset, '--iterations', str(iterations), '--ipc', str(a.ipc),
+            res = run_worker(['--variant', v, '--dataset', dataset, '--iterations', str(iterations), '--ipc', str(a.ipc), '--experts', str(a.experts),
                               '--threads', str(a.threads), '--device', a.device, '--cache', a.cache, *extra])
             runs[v].append(res); print(f'  {dataset} {v:16s} run {r + 1}: {res["img_it_per_s"]:8.1f} image-it/s, peak +{res["extra_rss_mib"]:.0f} MiB', flush=True)
     out = {}
@@ -309,7 +320,14 @@ def markdown(res:dict)->str:
     L.append(f"# Speed bench ({r['setting']['device']}, {r['setting']['threads']} thread(s), {r['setting']['mode']})\n")
     L.append(f"Machine: {r['machine']['cpu']}; torch {r['machine']['torch']}. Setting: {r['setting']['dataset']}, IPC {r['setting']['ipc']}, "
              f"{r['setting']['iterations']} iterations, {len(r['setting']['pool'])} experts ({', '.join(r['setting']['pool'])}), "
-             f"{r['setting']['repeats']} run(s) per variant, medians (ranges).\n")
+             f"{r['setting']['repeats']} run(s) per variant, medians (ranges). Command `{r.get('command', '?')}` at commit `{r.get('commit', '?')}` "
+             f"(see the SOURCE file).\n")
+    if 'agreement' in r:
+        g = r['agreement']
+        L.append(f"The faithful loop and our sequential recover, {g['steps']} steps from the same starts and views: {g['share_within_1e_4']:.2%} of "
+                 f"pixels within 1e-4 (median difference {g['median']:.1e}, max {g['max']:.1e}). Over the timed run's iterations a tie broken "
+                 "by float summation order moves one image and the batch's BN statistics carry it to the rest, so the final images "
+                 "differ (last column: the objective they reach).\n")
     for ds, rec in r['recover'].items():
         L.append(f"## Recover: {ds}\n")
         first = next(iter(rec))
@@ -356,6 +374,14 @@ def markdown(res:dict)->str:
         L.append('')
     return '\n'.join(L) + '\n'
 
+def source_md(res:dict, name:str)->str:
+    "Where the figures came from: command, commit, machine, load, wall time (written beside the tables by every run)."
+    m = res['machine']
+    return (f"# Where {name}.md / .json come from\n\nWritten by `{res['command']}` at commit `{res['commit']}` on {m['cpu']} "
+            f"({m['cores']} cores; torch {m['torch']}{', ' + m['cuda'] if m.get('cuda') else ''}), {res['setting']['threads']} thread(s), "
+            f"in {res['seconds'] / 60:.1f} min. Load average (1, 5, 15 min) at the start {', '.join(f'{v:.2f}' for v in m['load_avg_start'])}, "
+            f"at the end {', '.join(f'{v:.2f}' for v in m['load_avg_end'])}: a load above the threads used means the timings shared the CPU.\n")
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--quick', action='store_true', help='a ~1-2 min run: fewer iterations, epochs and repeats')
@@ -372,6 +398,9 @@ def main():
     ap.add_argument('--markdown', default='', help='only rewrite the markdown table of an existing speed JSON file, then stop')
     ap.add_argument('--profile', action='store_true', help='only write torch.profiler tables (recover, relabel, student; self CPU time) to <out>/profile.txt')
     ap.add_argument('--skip', default='', help='comma-separated sections to skip: recover,relabel,labels')
+    ap.add_argument('--data', default='fashion_mnist', help='the real dataset of the main setting (digits: a smoke run)')
+    ap.add_argument('--experts', type=int, default=len(POOL), help=f'the first N experts of the bench pool ({", ".join(n for n, _, _ in POOL)})')
+    ap.add_argument('--agree-steps', type=int, default=10, help='steps of the faithful-loop agreement check (0: skip it)')
     ap.add_argument('--cache', default=str(HERE/'.cache'))
     ap.add_argument('--out', default=str(HERE/'results'))
     # worker mode (internal)
@@ -392,29 +421,32 @@ def main():
     torch.set_num_threads(a.threads)
     Path(a.cache).mkdir(parents=True, exist_ok=True); Path(a.out).mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
-    data = fashion()
-    t = time.perf_counter(); pool = expert_pool(data, Path(a.cache), a.threads); print(f'experts ready ({time.perf_counter() - t:.0f} s)\n{pool}', flush=True)
+    ds = a.dataset = a.data; data = load_dataset(ds)
+    t = time.perf_counter(); pool = expert_pool(data, Path(a.cache), a.threads, a.experts); print(f'experts ready ({time.perf_counter() - t:.0f} s)\n{pool}', flush=True)
     cpu = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), platform.processor()) if Path('/proc/cpuinfo').exists() else platform.processor()
-    res = dict(setting=dict(mode='quick' if a.quick else 'full', device=a.device, threads=a.threads, dataset='fashion_mnist', ipc=a.ipc, iterations=iters,
-                            repeats=repeats, epochs=epochs, label_epochs=a.label_epochs, seeds=seeds, pool=[n for n, _, _ in POOL]),
+    res = dict(setting=dict(mode='quick' if a.quick else 'full', device=a.device, threads=a.threads, dataset=ds, ipc=a.ipc, iterations=iters,
+                            repeats=repeats, epochs=epochs, label_epochs=a.label_epochs, seeds=seeds, pool=pool.names),
                machine=dict(cpu=cpu, cores=os.cpu_count(), torch=torch.__version__, cuda=torch.cuda.get_device_name(0) if a.device == 'cuda' else None,
                             load_avg_start=os.getloadavg()), versions=versions(), recover={})
     variants = a.variants.split(',') if a.variants else ['reference', 'sequential', 'fastest'] + (['fastest_compile'] if a.compile else [])
     for v in variants:
         if v not in VARIANTS: ap.error(f'unknown variant {v!r}: use {", ".join(VARIANTS)}')
     if a.profile:                      # profile only
-        rec_path = Path(a.cache)/'recovered_fashion_mnist_fastest.pt'
+        rec_path = Path(a.cache)/f'recovered_{ds}_fastest.pt'
         images = torch.load(rec_path) if rec_path.exists() else normalize(data.train.x[:a.ipc * 10], data.info)
         tabs = profile_tables(a, data, pool, images, torch.arange(10).repeat_interleave(a.ipc)[:len(images)])
         (Path(a.out)/'profile.txt').write_text('\n\n'.join(f'== {k} ==\n{v}' for k, v in tabs.items()) + '\n')
         print(f'wrote {Path(a.out)/"profile.txt"}'); return
     if 'recover' not in skip:
-        print(f'recover: fashion_mnist IPC {a.ipc}, {iters} iterations', flush=True)
-        res['recover']['fashion_mnist'] = bench_recover(a, 'fashion_mnist', variants, repeats, iters)
+        if a.agree_steps:
+            res['agreement'] = agreement(pool, data, recover_cfg(a, 'sequential'), a.agree_steps)
+            print(f"faithful loop vs ours, {a.agree_steps} steps: {res['agreement']['share_within_1e_4']:.2%} of pixels within 1e-4, max {res['agreement']['max']:.1e}", flush=True)
+        print(f'recover: {ds} IPC {a.ipc}, {iters} iterations', flush=True)
+        res['recover'][ds] = bench_recover(a, ds, variants, repeats, iters)
         for side in filter(None, a.synthetic.split(',')):
             print(f'recover: synthetic {side} px', flush=True)
             res['recover'][f'synthetic{side}'] = bench_recover(a, f'synthetic{side}', variants, repeats, max(2, iters // 5))
-    rec_path = Path(a.cache)/'recovered_fashion_mnist_fastest.pt'
+    rec_path = Path(a.cache)/f'recovered_{ds}_fastest.pt'
     images = torch.load(rec_path) if rec_path.exists() else normalize(data.train.x[:a.ipc * 10], data.info)
     labels = torch.arange(10).repeat_interleave(a.ipc)[:len(images)]
     if 'relabel' not in skip:
@@ -424,8 +456,8 @@ def main():
         print(f'label storage: {a.label_epochs} epochs', flush=True)
         res['labels'] = bench_labels(a, data, pool, images, labels, a.label_epochs, seeds)
     tg = {}
-    if 'fashion_mnist' in res['recover'] and {'reference', 'sequential', 'fastest'} <= set(variants):
-        rr = res['recover']['fashion_mnist']
+    if ds in res['recover'] and {'reference', 'sequential', 'fastest'} <= set(variants):
+        rr = res['recover'][ds]
         tg['recover: fastest vs faithful sequential loop (x)'] = dict(value=rr['fastest']['speedup_vs_reference'], target='>= 2', met=rr['fastest']['speedup_vs_reference'] >= 2)
         tg['recover: fastest vs our own sequential path (x, for information)'] = dict(value=rr['fastest']['speedup_vs_sequential'], target='-', met=True)
     if 'labels' in res:
@@ -435,9 +467,10 @@ def main():
         tg['label store: accuracy fp16 store - fp32 per-batch (points)'] = dict(value=ours - ref, target='|diff| <= 1', met=abs(ours - ref) <= 1.0)
     res['targets'] = tg
     res['machine']['load_avg_end'] = os.getloadavg(); res['seconds'] = round(time.perf_counter() - t_all, 1)
+    res['command'], res['commit'] = ' '.join(['python', 'bench/speed.py', *sys.argv[1:]]), git_commit()
     out = Path(a.out); name = 'speed' if a.device == 'cpu' else 'speed_cuda'
     (out/f'{name}.json').write_text(json.dumps(res, indent=1, default=float) + '\n')
-    md = markdown(res); (out/f'{name}.md').write_text(md)
+    md = markdown(res); (out/f'{name}.md').write_text(md); (out/f'{name}.SOURCE.md').write_text(source_md(res, name))
     print('\n' + md); print(f'wrote {out/name}.json and .md in {res["seconds"]:.0f} s')
 
 if __name__ == '__main__':
