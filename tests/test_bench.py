@@ -60,7 +60,9 @@ def test_benchmark_ctrl_c_and_locked_folders(tmp_path):
     args = [sys.executable, str(ROOT/'bench'/'accuracy.py'), '--datasets', 'digits', '--ipcs', '1', '--full-epochs', '0',
             '--work', str(tmp_path/'work'), '--results', str(tmp_path/'acc'), '--set', *TINY[:5], 'recover.iterations=4000',
             'evaluate.student.epochs=2', 'evaluate.student.width=0.25', 'evaluate.seeds=[0]']
-    p = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)
+    # a child of a background job inherits SIGINT ignored (POSIX shells do that for `cmd &`): undo it, as a terminal has it
+    p = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     t0 = time.monotonic()
     while not any('recover_cvdd' in m.read_text() for m in (tmp_path/'work').rglob('manifest.json')):
         assert p.poll() is None and time.monotonic() - t0 < 300, 'the benchmark never reached recover_cvdd'   # a loaded machine can take minutes
