@@ -4,7 +4,8 @@ For each dataset and IPC it runs `configs/zoo/<dataset>_ipc<N>.toml` (CV-DD, SRe
 same prior, random real images with the same soft labels, both with a ConvNet-3 and a ResNet-18 student and the KD
 protocol; random real images and CV-DD images with hard labels and the DC/DSA/MTT protocol) over several seeds of the
 whole distillation: seed s recovers its own images, draws its own random subset and trains its own students, the zoo
-held fixed. The first seed also trains students of the other seeds on its own sets: the spread a student adds alone.
+held fixed. Then one run (`--spread-seed`, default the first seed) trains its first student again with the other seeds on
+its own images and labels (`cvdd_nb.pipeline.student_spread`): the spread a student adds alone.
 
     python bench/field.py                               # fashion_mnist IPC 10 (the target cell), then IPC 1, then mnist 10 and 1
     python bench/field.py --ipcs 1 10 50 --jobs 8 --device cuda   # everything, on a GPU
@@ -30,7 +31,7 @@ from cvdd_nb.core import CVDDError, atomic_write, load_json, save_json, versions
 from cvdd_nb.data import load_dataset, normalize
 from cvdd_nb.experts import ExpertPool
 from cvdd_nb.protocols import HardProtocol, train_hard
-from cvdd_nb.pipeline import RunConfig, hard_tag, parse_override, pool_dir, run, set_key, student_tag
+from cvdd_nb.pipeline import RunConfig, hard_tag, parse_override, pool_dir, run, set_key, student_spread, student_tag
 from accuracy import git_commit, machine, run_jobs
 
 SOFT = ('cvdd', 'sre2l++', 'random_soft')
@@ -46,11 +47,15 @@ def read_config(folder:Path, dataset:str, ipc:int)->dict:
     if not p.exists(): raise CVDDError(f'no config {p}', 'write one (see configs/zoo/) or pick --datasets/--ipcs that have one')
     with open(p, 'rb') as f: return tomllib.load(f)
 
-def seed_config(cfg:dict, seed:int, student_seeds:list|None)->dict:
-    "Seed `seed` of the whole distillation: recover, random draw and student all take it (the first also `student_seeds`)."
+def seed_config(cfg:dict, seed:int)->dict:
+    "Seed `seed` of the whole distillation: recover, random draw and student all take it."
     c = copy.deepcopy(cfg); c['seed'] = seed; c['name'] = f"{cfg['name']}-s{seed}"
-    c.setdefault('evaluate', {})['seeds'] = [seed, *[s for s in student_seeds or [] if s != seed]]
+    c.setdefault('evaluate', {})['seeds'] = [seed]
     return c
+
+def spread_job(c:dict, folder:Path, seeds:list)->dict:
+    "{method: accs} of the run's first student trained again with `seeds` on the run's own soft sets."
+    return {m: e.accs for m, e in student_spread(c, folder, seeds).items()}
 
 def priors_config(cfg:dict, holdout:dict)->dict:
     "The run that computes the pool's distill priors once: seed of the zoo's hold-out, scored on that hold-out."
@@ -123,15 +128,16 @@ def spread(dist:list, students:list)->dict:
     rec = math.sqrt(max(sd ** 2 - ss ** 2, 0.0)) if sd is not None and ss is not None else None
     return dict(mean=statistics.fmean(dist), std=sd, n=len(dist), accs=list(dist), student_std=ss, student_accs=list(students), recover_std=rec)
 
-def cell(runs:list, tag:str, method:str, first:int)->dict|None:
+def cell(runs:list, tag:str, method:str, extra:dict|None=None)->dict|None:
     """One method of one student over the finished runs of a (dataset, IPC), each a results dict with its `seed`: the
-    `spread` of the student of each run's own seed, the student-only spread from the run of seed `first`; None if no run has it."""
+    `spread` of the student of each run's own seed; the student-only spread from `extra` = dict(seed, tag, accs={method:
+    [accs of more students on that seed's run]}), with that run's own student first; None if no run has the method."""
     dist, students = [], []
     for r in runs:
         m = r['by_student'].get(tag, {}).get(method)
         if m is None: continue
         dist.append(m['accs'][r['seeds'].index(r['seed'])])
-        if r['seed'] == first: students = m['accs']
+        if extra and r['seed'] == extra['seed'] and tag == extra['tag'] and method in extra['accs']: students = [dist[-1], *extra['accs'][method]]
     return spread(dist, students) if dist else None
 
 def to_json(cells:dict)->dict:
@@ -208,8 +214,9 @@ def markdown(res:dict, published:dict)->str:
             md.append(f"| published: {p['method']} | ConvNet-3, {p['labels']} labels ({p['status']}) | " + ' | '.join(vals) + ' |')
         md.append('')
     md += ['## Where the spread comes from', '',
-           'Per cell: the std over seeds of the whole distillation; the std of students alone (the first seed\'s set, '
-           'several student seeds); what is left for recover and the random draw, sqrt(max(total² - student², 0)).', '',
+           'Per cell: the std over seeds of the whole distillation; the std of students alone (the first student, trained with '
+           f"every seed on the images and labels of the run of seed {meta.get('spread_seed', '?')}); what is left for recover "
+           'and the random draw, sqrt(max(total² - student², 0)).', '',
            '| dataset | IPC | student | method | total std | student std | recover std |', '|---|---|---|---|---|---|---|']
     f2 = lambda v: '-' if v is None else f'{v:.2f}'
     for (ds, ipc), cs in allcells.items():
@@ -252,9 +259,15 @@ def benchmark(a)->dict:
     jobs, what, keyed = [], [], []          # every job; what it is; (record file, key) for each
     for s in a.seeds:
         for k in keys:
-            c = seed_config(cfgs[k], s, RunConfig.from_dict(cfgs[k]).stage_configs()['evaluate'].seeds if s == a.seeds[0] and len(a.seeds) > 1 else None)
+            c = seed_config(cfgs[k], s)
             jobs.append((run, (c, work/k[0]/c['name']))); what.append(('run', k, s))
             keyed.append((records/k[0]/f"{c['name']}.json", record_key(c, work)))
+    sp, more = (a.seeds[0] if a.spread_seed is None else a.spread_seed), [s for s in a.seeds if s != (a.seeds[0] if a.spread_seed is None else a.spread_seed)]
+    if more:                                # after the runs: the spread seed's run trains its first student with the other seeds
+        for k in keys:
+            c = seed_config(cfgs[k], sp)
+            jobs.append((spread_job, (c, work/k[0]/c['name'], more))); what.append(('spread', k, sp))
+            keyed.append((records/k[0]/f"{c['name']}-spread.json", dict(run=record_key(c, work), seeds=more)))
     if a.full_epochs:
         for ds in dict.fromkeys(d for d, _ in keys):
             hp = RunConfig.from_dict(cfgs[next(k for k in keys if k[0] == ds)]).stage_configs()['hard'] or HardProtocol()
@@ -267,31 +280,35 @@ def benchmark(a)->dict:
         if (r := load_record(p, key)): outs[i] = dict(results=r['results'], wall_s=r['wall_s'], commit=r['commit'], machine=r['machine'])
     todo = [i for i, o in enumerate(outs) if o is None]
 
-    def finished(j, o):
-        i = todo[j]; p, key = keyed[i]
+    def finished(i, o):
+        p, key = keyed[i]
         save_record(p, key, o['results'], o['wall_s'], a.device)
         write(i, dict(o, commit=git_commit(), machine=machine(a.device)))
 
     def write(i=None, o=None):
         if i is not None: outs[i] = o
-        runs_by = {}
+        runs_by, extra = {}, {}
         for (kind, k, s), o in zip(what, outs):
             if o is not None and kind == 'run': runs_by.setdefault(k, []).append((s, o))
+            if o is not None and kind == 'spread': extra[k] = dict(seed=s, tag=students[0], accs=o['results'])
         cells = {k: {(t, m): c for t in [*students, *([htag] if htag else [])] for m in [*SOFT, *HARD]
-                     if (c := cell([dict(o['results'], seed=s) for s, o in rs], t, m, a.seeds[0]))} for k, rs in runs_by.items()}
+                     if (c := cell([dict(o['results'], seed=s) for s, o in rs], t, m, extra.get(k)))} for k, rs in runs_by.items()}
         meta = dict(mode='quick' if a.quick else 'full', complete=all(o is not None for o in outs), datasets=list(dict.fromkeys(d for d, _ in keys)),
                     ipcs=sorted(set(i for _, i in keys)), seeds=len(a.seeds), seed_list=a.seeds, students=students, hard_tag=htag,
                     hard_epochs=sc0['hard'].epochs if sc0['hard'] else None, priors=priors,
                     full_data=[o['results'] for (kind, *_), o in zip(what, outs) if kind == 'full' and o is not None],
+                    spread_seed=sp if more else None,
                     runs=[dict(config=f"{Path(a.configs).relative_to(ROOT) if Path(a.configs).resolve().is_relative_to(ROOT) else a.configs}/{k[0]}_ipc{k[1]}.toml",
-                               seed=s, wall_s=o['wall_s'], commit=o['commit'], machine=o['machine'])
-                          for (kind, k, s), o in zip(what, outs) if kind == 'run' and o is not None],
+                               seed=s if kind == 'run' else f'{s}: students {", ".join(map(str, more))}', wall_s=o['wall_s'], commit=o['commit'], machine=o['machine'])
+                          for (kind, k, s), o in zip(what, outs) if kind in ('run', 'spread') and o is not None],
                     command=' '.join(['python', 'bench/field.py', *sys.argv[1:]]), commit=git_commit(), machine=machine(a.device),
                     versions=versions(), wall_s=round(time.perf_counter() - t0, 1))
         res = dict(meta=meta, cells=to_json(cells))
         save_json(name + '.json', res); atomic_write(name + '.md', markdown(res, published))
         return res
-    if todo: run_jobs([jobs[i] for i in todo], a.jobs, a.threads, finished)
+    for phase in (('run', 'full'), ('spread',)):           # a spread job needs its run finished
+        now = [i for i in todo if what[i][0] in phase]
+        if now: run_jobs([jobs[i] for i in now], a.jobs, a.threads, lambda j, o, now=now: finished(now[j], o))
     res = write(); print(Path(name + '.md').read_text()); return res
 
 def main(argv=None):
@@ -300,6 +317,7 @@ def main(argv=None):
     p.add_argument('--datasets', nargs='+', default=['fashion_mnist', 'mnist'])
     p.add_argument('--ipcs', nargs='+', type=int, default=[1, 10])
     p.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2], help='seeds of the whole distillation')
+    p.add_argument('--spread-seed', type=int, default=None, help="the run whose first student is trained again with the other seeds (default: the first seed)")
     p.add_argument('--configs', default=str(ROOT/'configs'/'zoo'), help='folder of <dataset>_ipc<N>.toml')
     p.add_argument('--full-epochs', type=int, default=0, help='epochs of the whole-training-set bound (the DC protocol\'s ConvNet-3; 0: skip it)')
     p.add_argument('--set', nargs='*', default=[], metavar='KEY=VALUE', help='overrides for every config, e.g. recover.iterations=100')

@@ -24,7 +24,7 @@ __all__ = ['METHODS', 'STAGES', 'TINY', 'DIGITS_DEMO', 'ExpertsSettings', 'Prior
            'RunConfig', 'set_key', 'parse_override', 'load_config', 'holdout', 'check_budget', 'LossLog',
            'check_holdout', 'stage_experts', 'stage_priors', 'stage_recover', 'run_sets', 'stage_relabel',
            'stage_evaluate', 'hard_tag', 'results_dict', 'votes_overview_figure', 'losses_figure', 'write_report',
-           'pool_dir', 'run']
+           'pool_dir', 'run', 'student_spread']
 
 # %% ../nbs/08_pipeline.ipynb #79278c41
 METHODS = ('cvdd', 'sre2l++', 'random_soft', 'random_hard', 'cvdd_hard')
@@ -446,13 +446,8 @@ def pool_dir(out:Path, ref:str)->Path:
     "The folder of `experts.pool`: a zoo name ('zoo:mnist'), or a path as `_inside` reads it."
     return resolve_pool(ref) if ref.startswith('zoo:') else _inside(out, ref)
 
-def run(config:RunConfig|dict|str|Path|None=None,   # a RunConfig, a dict, or a TOML file
-        out:str|Path|None=None,                     # the run folder (default runs/<name>)
-        until:str='report',                         # last stage to run
-        callbacks=(),                               # recover callbacks (widgets)
-        quiet:bool=True, stop_after:int|None=None)->dict|None:
-    "Run (or resume) a whole CV-DD distillation; the results dict once the report is written."
-    check_choice('stage', until, STAGES)
+def _open_run(config, out)->tuple:
+    "(config, data, locked RunDir) of a run, after every check that needs no work: the folder's config, the pool, the budget."
     cfg = config if isinstance(config, RunConfig) else RunConfig.from_dict(config) if isinstance(config, dict) else load_config(config)
     out = Path(out or Path('runs')/cfg.name)
     old = out/'manifest.json'
@@ -466,11 +461,21 @@ def run(config:RunConfig|dict|str|Path|None=None,   # a RunConfig, a dict, or a 
     if cfg.valid: data = holdout(data, cfg.valid, cfg.holdout_seed)
     check_budget(cfg, data)
     rd = RunDir(out, config=cfg.to_dict(), seed=cfg.seed); set_seed(cfg.seed)
+    return cfg, data, rd
+
+def run(config:RunConfig|dict|str|Path|None=None,   # a RunConfig, a dict, or a TOML file
+        out:str|Path|None=None,                     # the run folder (default runs/<name>)
+        until:str='report',                         # last stage to run
+        callbacks=(),                               # recover callbacks (widgets)
+        quiet:bool=True, stop_after:int|None=None)->dict|None:
+    "Run (or resume) a whole CV-DD distillation; the results dict once the report is written."
+    check_choice('stage', until, STAGES)
+    cfg, data, rd = _open_run(config, out)
     try: return _run_stages(rd, cfg, data, until, callbacks, quiet, stop_after)
     finally: rd.lock.release()                 # the folder is free for the next process (a resume, `cvdd show`)
 
-def _run_stages(rd:RunDir, cfg:RunConfig, data:Data, until:str, callbacks, quiet:bool, stop_after)->dict|None:
-    "The stages of `run`, in order, up to `until`."
+def _make_sets(rd:RunDir, cfg:RunConfig, data:Data, until:str, callbacks=(), quiet:bool=True, stop_after=None)->dict|None:
+    "The stages up to relabel: dict(pool, priors, recs, sets, stores), or None when `until` (or a stop) ends the run earlier."
     pool = stage_experts(rd, cfg, data, quiet)
     if until == 'experts': return None
     priors = stage_priors(rd, cfg, data, pool, quiet)
@@ -484,9 +489,15 @@ def _run_stages(rd:RunDir, cfg:RunConfig, data:Data, until:str, callbacks, quiet
     sets = run_sets(cfg, data, recs)
     stores = stage_relabel(rd, cfg, data, pool, priors, sets, quiet)
     if until == 'relabel': return None
-    tables = stage_evaluate(rd, cfg, data, sets, stores, quiet)
+    return dict(pool=pool, priors=priors, recs=recs, sets=sets, stores=stores)
+
+def _run_stages(rd:RunDir, cfg:RunConfig, data:Data, until:str, callbacks, quiet:bool, stop_after)->dict|None:
+    "The stages of `run`, in order, up to `until`."
+    made = _make_sets(rd, cfg, data, until, callbacks, quiet, stop_after)
+    if made is None: return None
+    tables = stage_evaluate(rd, cfg, data, made['sets'], made['stores'], quiet)
     if until == 'evaluate': return None
-    with rd.stage('report'): res = write_report(rd, cfg, data, pool, priors, recs, tables, stores)
+    with rd.stage('report'): res = write_report(rd, cfg, data, made['pool'], made['priors'], made['recs'], tables, made['stores'])
     return res
 
 # %% ../nbs/08_pipeline.ipynb #21a734b3
@@ -497,3 +508,27 @@ DIGITS_DEMO = dict(name='digits-ipc10', dataset='digits', ipc=10, seed=0,
                    experts=dict(archs=['convnet:0.5', 'resnet18:0.25', 'densenet121:0.25'], epochs=15),
                    recover=dict(iterations=300, init='real', min_scale=0.5, lr=0.05, augment='per_sample', grouped=True, mix_committees=True),
                    evaluate=dict(seeds=[0, 1, 2], student=dict(student='convnet', width=0.5, epochs=100)))
+
+# %% ../nbs/08_pipeline.ipynb #92dbf9c6
+def student_spread(config:RunConfig|dict|str|Path,   # the config of a run (finished up to relabel, or it is finished first)
+                   out:str|Path,                     # its run folder
+                   seeds:list,                       # student seeds to train
+                   methods:list|None=None,           # soft-labelled methods (default: every one of the run)
+                   quiet:bool=True)->dict:
+    "{method: EvalResult} of the run's first student trained with `seeds` on the run's own sets and labels."
+    cfg, data, rd = _open_run(config, out)
+    try:
+        made = _make_sets(rd, cfg, data, 'evaluate', quiet=quiet)
+        soft = [m for m, s in made['sets'].items() if s[2] == 'soft']
+        for m in methods or []: check_choice('spread method (a soft-labelled method of the run)', m, soft)
+        sc, res, folder = cfg.stage_configs(), {}, rd/'evaluate'/'spread'
+        with rd.stage('spread') as st:
+            for m in methods or soft:
+                x, y, _ = made['sets'][m]
+                r = evaluate_set(x, y, data.info, data.test, relabel_config=sc['relabel'], config=sc['student'], seeds=tuple(seeds),
+                                 store=made['stores'][m], method=m, device=None if cfg.device == 'auto' else cfg.device, quiet=quiet,
+                                 out=folder/'seeds'/m)
+                save_json(folder/f'{m}.json', r.to_dict()); res[m] = r
+            st.update(outputs=['evaluate/spread/'], seeds=list(seeds))
+        return res
+    finally: rd.lock.release()

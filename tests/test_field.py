@@ -28,13 +28,16 @@ def test_spread_splits_the_variance():
     fct.test_close(field.pooled(dict(std=3.0), dict(std=4.0)), math.sqrt(12.5))
 
 def test_cell_takes_each_runs_own_seed():
-    "Seed s of the distillation is scored by its own student s; the student spread comes from the first seed's run only."
-    runs = [dict(seed=0, seeds=[0, 1, 2], by_student={'t': {'cvdd': dict(accs=[70.0, 71.0, 75.0])}}),
-            dict(seed=1, seeds=[1], by_student={'t': {'cvdd': dict(accs=[60.0])}})]
-    c = field.cell(runs, 't', 'cvdd', first=0)
+    "Seed s of the distillation is scored by its own student s; the student spread comes from the spread seed's run only."
+    runs = [dict(seed=0, seeds=[0], by_student={'t': {'cvdd': dict(accs=[70.0])}, 'u': {'cvdd': dict(accs=[50.0])}}),
+            dict(seed=1, seeds=[1], by_student={'t': {'cvdd': dict(accs=[60.0])}, 'u': {'cvdd': dict(accs=[52.0])}})]
+    extra = dict(seed=0, tag='t', accs={'cvdd': [71.0, 75.0]})
+    c = field.cell(runs, 't', 'cvdd', extra)
     fct.test_eq((c['accs'], c['student_accs']), ([70.0, 60.0], [70.0, 71.0, 75.0]))
     fct.test_close(c['student_std'], statistics.stdev([70.0, 71.0, 75.0]))
-    fct.test_eq(field.cell(runs, 't', 'sre2l++', first=0), None)
+    fct.test_eq(field.cell(runs, 't', 'cvdd', dict(extra, seed=1))['student_accs'], [60.0, 71.0, 75.0])
+    fct.test_eq(field.cell(runs, 'u', 'cvdd', extra)['student_std'], None)          # only the first student is retrained
+    fct.test_eq(field.cell(runs, 't', 'sre2l++', extra), None)
 
 def test_field_benchmark_end_to_end(tmp_path):
     cfgs = tmp_path/'configs'; cfgs.mkdir()
@@ -50,14 +53,18 @@ def test_field_benchmark_end_to_end(tmp_path):
     pri = load_json(tmp_path/'work/digits/digits-priors/priors.json')
     for s in (0, 1):
         m = load_json(tmp_path/f'work/digits/zoo-digits-ipc1-s{s}/manifest.json')['config']
-        fct.test_eq((m['seed'], m['evaluate']['seeds'], m['priors']), (s, [0, 1] if s == 0 else [1], dict(mode='given', values=dict(zip(pri['experts'], pri['priors'])))))
+        fct.test_eq((m['seed'], m['evaluate']['seeds'], m['priors']), (s, [s], dict(mode='given', values=dict(zip(pri['experts'], pri['priors'])))))
     pc = load_json(tmp_path/'work/digits/digits-priors/manifest.json')['config']
     fct.test_eq((pc['valid'], pc['valid_seed']), (20, 0))                    # the digits zoo's hold-out
     # the table's numbers are the runs' own: run s, student seed s
     r0, r1 = (load_json(tmp_path/f'work/digits/zoo-digits-ipc1-s{s}/results.json') for s in (0, 1))
     c = cells['convnet3-w0.25|cvdd']
     fct.test_eq(c['accs'], [r0['by_student']['convnet3-w0.25']['cvdd']['accs'][0], r1['by_student']['convnet3-w0.25']['cvdd']['accs'][0]])
-    fct.test_eq(c['student_accs'], r0['by_student']['convnet3-w0.25']['cvdd']['accs'])
+    # the student spread: run 0's first student again with seed 1, on run 0's own images and labels
+    sp = load_json(tmp_path/'work/digits/zoo-digits-ipc1-s0/evaluate/spread/cvdd.json')
+    fct.test_eq((sp['seeds'], c['student_accs']), ([1], [r0['by_student']['convnet3-w0.25']['cvdd']['accs'][0], *sp['accs']]))
+    assert 'student_accs' in cells['convnet3-w0.25|random_soft'] and len(cells['convnet3-w0.25|random_soft']['student_accs']) == 2
+    fct.test_eq(load_json(tmp_path/'work/digits/zoo-digits-ipc1-s0/results.json'), r0)        # the run's own results untouched
     fct.test_eq(cells['convnet3-w1-dc|random_hard']['accs'][1], r1['by_student']['convnet3-w1-dc']['random_hard']['accs'][0])
     md = (tmp_path/'field.md').read_text()
     assert '| ours: CV-DD | convnet3-w0.25, KD on soft labels |' in md and '| ours: random real subset | convnet3-w1, hard labels, DC protocol |' in md
@@ -68,7 +75,7 @@ def test_field_benchmark_end_to_end(tmp_path):
     # every finished run is recorded beside the results; with the run folders gone (another machine, a later sitting)
     # the records alone rebuild the table, and no run folder is made again
     recs = sorted(p.name for p in (tmp_path/'field_runs'/'digits').glob('*.json'))
-    fct.test_eq(recs, ['full-convnet3-w1-dc-e1.json', 'priors.json', 'zoo-digits-ipc1-s0.json', 'zoo-digits-ipc1-s1.json'])
+    fct.test_eq(recs, ['full-convnet3-w1-dc-e1.json', 'priors.json', 'zoo-digits-ipc1-s0-spread.json', 'zoo-digits-ipc1-s0.json', 'zoo-digits-ipc1-s1.json'])
     import shutil; shutil.rmtree(tmp_path/'work')
     r = subprocess.run(args, capture_output=True, text=True, env=ENV, cwd=ROOT); assert r.returncode == 0, r.stderr[-3000:]
     fct.test_eq(load_json(tmp_path/'field.json')['cells'], res['cells'])
