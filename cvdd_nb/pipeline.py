@@ -22,9 +22,9 @@ from .widgets import grid_png
 # %% auto #0
 __all__ = ['METHODS', 'STAGES', 'TINY', 'DIGITS_DEMO', 'ExpertsSettings', 'PriorSettings', 'EvalSettings', 'student_tag',
            'RunConfig', 'set_key', 'parse_override', 'load_config', 'holdout', 'check_budget', 'LossLog',
-           'check_holdout', 'stage_experts', 'stage_priors', 'stage_recover', 'run_sets', 'stage_relabel',
-           'stage_evaluate', 'hard_tag', 'results_dict', 'votes_overview_figure', 'losses_figure', 'write_report',
-           'pool_dir', 'run', 'student_spread']
+           'check_holdout', 'stage_experts', 'stage_priors', 'stage_recover', 'run_sets', 'label_teachers',
+           'stage_relabel', 'stage_evaluate', 'hard_tag', 'results_dict', 'votes_overview_figure', 'losses_figure',
+           'write_report', 'pool_dir', 'run', 'student_spread']
 
 # %% ../nbs/08_pipeline.ipynb #79278c41
 METHODS = ('cvdd', 'sre2l++', 'random_soft', 'random_hard', 'cvdd_hard')
@@ -38,6 +38,8 @@ class ExpertsSettings(Config):
     pool:str = ''             # an existing pool to reuse instead of training: a folder, or a zoo name ('zoo:fashion_mnist', '...@e1')
     train_per_class:int = 0   # train the experts on this many random images per class (0: all; a CPU budget)
     min_margin:float = 5.0    # refuse experts within this many points of chance
+    teachers:str = ''         # another pool makes the soft labels (default: this one), e.g. its early snapshots
+                              # 'zoo:fashion_mnist@e1' (weak teachers); its experts vote with the priors of their namesakes
 
 @dataclasses.dataclass
 class PriorSettings(Config):
@@ -299,15 +301,26 @@ def run_sets(cfg:RunConfig, data:Data, recs:dict)->dict:
              'random_soft': lambda: (*real, 'soft'), 'random_hard': lambda: (*real, 'hard')}
     return {m: table[m]() for m in cfg.stage_configs()['evaluate'].methods}
 
+def label_teachers(rd:RunDir, cfg:RunConfig, data:Data, pool:ExpertPool, priors:list)->tuple:
+    "(teachers, {name: prior}) that make the soft labels: the run's pool, or the one `experts.teachers` names."
+    ex, votes = cfg.stage_configs()['experts'], dict(zip(pool.names, priors))
+    if not ex.teachers: return pool, votes
+    teachers = ExpertPool.load(pool_dir(rd.path, ex.teachers)); check_holdout(teachers, cfg); teachers.check(data.info, ex.min_margin)
+    if missing := [n for n in teachers.names if n not in votes]:
+        raise CVDDError(f'experts.teachers: {", ".join(missing)} of {ex.teachers} have no namesake in the run\'s pool ({", ".join(pool.names)}), so no prior to vote with',
+                        'name a pool of the same experts (e.g. its snapshots, zoo:DATASET@e1)')
+    return teachers, {n: votes[n] for n in teachers.names}
+
 def stage_relabel(rd:RunDir, cfg:RunConfig, data:Data, pool:ExpertPool, priors:list, sets:dict, quiet:bool=True)->dict:
     "A `LabelStore` per soft set, in `labels/<method>/`."
     rl, stores = cfg.stage_configs()['relabel'], {}
     with rd.stage('relabel') as st:
+        teachers, votes = label_teachers(rd, cfg, data, pool, priors)
         for m, (x, y, kind) in sets.items():
             if kind != 'soft': continue
             p = rd/'labels'/m
             stores[m] = LabelStore.load(p).check(x) if (p/'labels.json').exists() else \
-                relabel(x, pool, data.info, rl, priors, out=p, device=None if cfg.device == 'auto' else cfg.device, quiet=quiet)
+                relabel(x, teachers, data.info, rl, votes, out=p, device=None if cfg.device == 'auto' else cfg.device, quiet=quiet)
         st.update(bytes={m: s.nbytes for m, s in stores.items()}, files={m: len(s.files) for m, s in stores.items()}, peak_rss_mb=round(_rss_mb(), 1))
     return stores
 
@@ -365,6 +378,7 @@ def results_dict(rd:RunDir, cfg:RunConfig, data:Data, tables:dict, priors:list, 
                               relabel=secs('relabel'), evaluate=secs('evaluate')),
                 priors=dict(zip(pool.names, priors)), experts=pool.table(),
                 label_store=dict(bytes=sum(s.nbytes for s in stores.values()), files=sum(len(s.files) for s in stores.values())),
+                label_teachers=sorted({n for s in stores.values() for n in s.teachers}),
                 peak_rss_mb=round(_rss_mb(), 1), student=cfg.stage_configs()['student'].to_dict(),
                 students={student_tag(s): s.to_dict() for s in cfg.stage_configs()['students']}, seeds=cfg.stage_configs()['evaluate'].seeds)
 
