@@ -71,10 +71,11 @@ def pool_holdout(cfg:dict, root:Path)->dict:
         raise CVDDError(f"the experts of {cfg['experts']['pool']} record no common validation hold-out", 'use a zoo pool (built by `cvdd experts train --zoo`)')
     return dict(seed=hs[0].pop(), per_class=hs[1].pop())
 
-def zoo_priors(cfg:dict, work:Path, records:Path|None=None)->dict:
-    "{expert: prior}, the reference's distill priors of the config's pool, computed once on its validation hold-out."
+def zoo_priors(cfg:dict, work:Path, records:Path|None=None, compute:bool=True)->dict|None:
+    "{expert: prior}, the reference's distill priors of the config's pool, computed once on its validation hold-out (None: not recorded, not computed)."
     c = priors_config(cfg, pool_holdout(cfg, work)); key = record_key(c, work)
     if records and (r := load_record(records/cfg['dataset']/'priors.json', key)): return r['results']
+    if not compute: return None
     out = work/cfg['dataset']/c['name']
     t0 = time.perf_counter(); run(c, out=out, until='priors')
     p = load_json(out/'priors.json', dict(priors=list, experts=list))
@@ -250,7 +251,7 @@ def benchmark(a)->dict:
     for ds in dict.fromkeys(d for d, _ in keys):
         first = cfgs[next(k for k in keys if k[0] == ds)]
         if first.get('priors', {}).get('mode') != 'distill': continue
-        priors[ds] = zoo_priors(first, work, records)
+        if (p := zoo_priors(first, work, records, compute=not a.records_only)): priors[ds] = p
     for k, c in cfgs.items():
         if k[0] in priors: c['priors'] = dict(mode='given', values=priors[k[0]]['values'])
     # 2. the runs, seed by seed (the target cell first), then the full-data bounds
@@ -278,7 +279,7 @@ def benchmark(a)->dict:
     outs = [None] * len(jobs)
     for i, (p, key) in enumerate(keyed):                 # what an earlier sitting (any machine) already measured
         if (r := load_record(p, key)): outs[i] = dict(results=r['results'], wall_s=r['wall_s'], commit=r['commit'], machine=r['machine'])
-    todo = [i for i, o in enumerate(outs) if o is None]
+    todo = [] if a.records_only else [i for i, o in enumerate(outs) if o is None]
 
     def finished(i, o):
         p, key = keyed[i]
@@ -322,6 +323,7 @@ def main(argv=None):
     p.add_argument('--full-epochs', type=int, default=0, help='epochs of the whole-training-set bound (the DC protocol\'s ConvNet-3; 0: skip it)')
     p.add_argument('--set', nargs='*', default=[], metavar='KEY=VALUE', help='overrides for every config, e.g. recover.iterations=100')
     p.add_argument('--root', nargs='*', default=[], metavar='DATASET=DIR', help='dataset folders, e.g. fashion_mnist=/data/fmnist')
+    p.add_argument('--records-only', action='store_true', help='run nothing: the table from the runs recorded in field_runs/ (the rest pending)')
     p.add_argument('--device', default='auto')
     p.add_argument('--jobs', type=int, default=1, help='runs at a time, each in its own process')
     p.add_argument('--threads', type=int, default=0, help='torch threads per run (0: torch default)')

@@ -80,6 +80,13 @@ def test_field_benchmark_end_to_end(tmp_path):
     r = subprocess.run(args, capture_output=True, text=True, env=ENV, cwd=ROOT); assert r.returncode == 0, r.stderr[-3000:]
     fct.test_eq(load_json(tmp_path/'field.json')['cells'], res['cells'])
     fct.test_eq(sorted(p.name for p in (tmp_path/'work'/'digits').iterdir()) if (tmp_path/'work'/'digits').exists() else [], [])
+    # --records-only runs nothing: a cell without records reads pending
+    (cfgs/'digits_ipc2.toml').write_text(toml_text(tiny(2)))
+    r = subprocess.run([*args, '--ipcs', '1', '2', '--records-only', '--results', str(tmp_path/'ro')], capture_output=True, text=True, env=ENV, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ro = load_json(tmp_path/'ro.json'); fct.test_eq((ro['cells'], ro['meta']['complete']), (res['cells'], False))
+    assert '| ours: CV-DD | convnet3-w0.25, KD on soft labels | ' + field.fmt(field.from_json(res['cells'])[('digits', 1)][('convnet3-w0.25', 'cvdd')]) + ' | pending |' in (tmp_path/'ro.md').read_text()
+    fct.test_eq(sorted(p.name for p in (tmp_path/'work'/'digits').iterdir()) if (tmp_path/'work'/'digits').exists() else [], [])
     # a record made for another config does not count: a changed setting runs seed 1 again (and says so)
     rec = tmp_path/'field_runs/digits/zoo-digits-ipc1-s1.json'; d = json.loads(rec.read_text())
     d['key']['config']['recover']['iterations'] = 99; rec.write_text(json.dumps(d))
