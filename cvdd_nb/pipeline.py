@@ -17,14 +17,14 @@ from .recover import RecoverConfig, Recovered, StepState, committee_plan, comput
 from .relabel import LabelStore, RelabelConfig, relabel
 from .evaluate import DistilledSet, EvalConfig, EvalResult, ResultsTable, distill_priors, evaluate_set
 from .protocols import HardProtocol, evaluate_hard
-from .widgets import grid_png
+from .plots import fig_png, grid_png, losses_figure, votes_overview_figure
 
 # %% auto #0
 __all__ = ['METHODS', 'STAGES', 'TINY', 'DIGITS_DEMO', 'ExpertsSettings', 'PriorSettings', 'EvalSettings', 'student_tag',
            'RunConfig', 'set_key', 'parse_override', 'load_config', 'holdout', 'check_budget', 'LossLog',
            'check_holdout', 'stage_experts', 'stage_priors', 'stage_recover', 'run_sets', 'label_teachers',
-           'stage_relabel', 'stage_evaluate', 'hard_tag', 'results_dict', 'votes_overview_figure', 'losses_figure',
-           'write_report', 'pool_dir', 'run', 'student_spread']
+           'stage_relabel', 'stage_evaluate', 'hard_tag', 'results_dict', 'write_report', 'pool_dir', 'run',
+           'student_spread']
 
 # %% ../nbs/08_pipeline.ipynb #79278c41
 METHODS = ('cvdd', 'sre2l++', 'random_soft', 'random_hard', 'cvdd_hard')
@@ -382,40 +382,6 @@ def results_dict(rd:RunDir, cfg:RunConfig, data:Data, tables:dict, priors:list, 
                 peak_rss_mb=round(_rss_mb(), 1), student=cfg.stage_configs()['student'].to_dict(),
                 students={student_tag(s): s.to_dict() for s in cfg.stage_configs()['students']}, seeds=cfg.stage_configs()['evaluate'].seeds)
 
-# %% ../nbs/08_pipeline.ipynb #ecfd3047
-def _fig_png(fig)->bytes:
-    import io
-    buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=100, bbox_inches='tight'); return buf.getvalue()
-
-def votes_overview_figure(plan:list):
-    "Stacked bars: each IPC index's committee and vote weights (the whole run at a glance; `VoteInspector` shows one index)."
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(max(4, 0.5 * len(plan) + 2), 3)); ax = fig.subplots()
-    names = sorted({n for p in plan for n in p['names']}); colors = {n: f'C{i}' for i, n in enumerate(names)}
-    for p in plan:
-        bottom = 0.0
-        for n, w in zip(p['names'], p['weights']):
-            ax.bar(p['k'], w, bottom=bottom, color=colors[n], label=n); bottom += w
-    h, l = ax.get_legend_handles_labels(); seen = dict(zip(l, h))
-    ax.legend(seen.values(), seen.keys(), fontsize=7, loc='upper left', bbox_to_anchor=(1, 1))
-    ax.set_xlabel('IPC index k'); ax.set_ylabel('vote weight'); ax.set_ylim(0, 1); ax.set_title('committee votes per IPC index')
-    return fig
-
-def losses_figure(records:list):
-    "Each expert's CE and BN term over the iterations (mean over the units that expert served)."
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(8, 3)); ax1, ax2 = fig.subplots(1, 2); curves = {}
-    for r in records:
-        for i, n in enumerate(r['committee']):
-            c = curves.setdefault(n, {}); c.setdefault(r['step'], []).append((r['ce'][i], r['bn'][i]))
-    for n, c in sorted(curves.items()):
-        steps = sorted(c); ce = [sum(v[0] for v in c[s]) / len(c[s]) for s in steps]; bn = [sum(v[1] for v in c[s]) / len(c[s]) for s in steps]
-        ax1.plot(steps, ce, label=n); ax2.plot(steps, bn, label=n)
-    ax1.set_title('cross-entropy'); ax2.set_title('BN statistics term'); ax2.set_yscale('log')
-    for a in (ax1, ax2): a.set_xlabel('iteration')
-    ax2.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1, 1))
-    return fig
-
 # %% ../nbs/08_pipeline.ipynb #6579051e
 def write_report(rd:RunDir, cfg:RunConfig, data:Data, pool:ExpertPool, priors:list, recs:dict, tables:dict, stores:dict)->dict:
     "Write results.json, report.md and the report's PNGs into the run folder."
@@ -425,8 +391,8 @@ def write_report(rd:RunDir, cfg:RunConfig, data:Data, pool:ExpertPool, priors:li
     if 'cvdd' in recs:
         r = recs['cvdd']                                                 # the same picture as the RecoverWatcher widget
         pngs['images.png'] = grid_png(r.images01(), r.ipc, list(data.info.class_names), f'CV-DD, {data.info.name}, IPC {r.ipc}', dpi=100)
-        pngs['votes.png'] = _fig_png(votes_overview_figure(committee_plan(pool, cfg.stage_configs()['recover'], priors)))
-        pngs['losses.png'] = _fig_png(losses_figure(LossLog.read(rd/'recover'/'cvdd'/'losses.jsonl')))
+        pngs['votes.png'] = fig_png(votes_overview_figure(committee_plan(pool, cfg.stage_configs()['recover'], priors)), dpi=100, tight=True)
+        pngs['losses.png'] = fig_png(losses_figure(LossLog.read(rd/'recover'/'cvdd'/'losses.jsonl')), dpi=100, tight=True)
     for k, v in pngs.items(): atomic_write(rd/k, v)
     t = res['timing_s']
     md = [f'# {cfg.name}: CV-DD on {data.info.name}, IPC {cfg.ipc}', '',

@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_widgets.ipynb #a911eaff
 from __future__ import annotations
-import html, io
+import html
 
 import torch
 import ipywidgets as W
@@ -14,19 +14,14 @@ from matplotlib.figure import Figure
 from .core import CVDDError
 from .data import DatasetInfo, denormalize
 from .experts import ExpertPool
-from .recover import RecoverConfig, StepState, committee_plan, compute_priors, image_grid, vote_weights
+from .recover import RecoverConfig, StepState, committee_plan, compute_priors, vote_weights
+from .plots import PNG_SIGNATURE, fig_png, grid_figure, grid_png
 
 # %% auto #0
-__all__ = ['PNG_SIGNATURE', 'fig_png', 'grid_figure', 'grid_png', 'RecoverWatcher', 'votes_html', 'votes_figure', 'VoteInspector',
-           'pool_rows', 'pool_html', 'pool_figure', 'PoolView', 'results_html', 'ResultsView']
+__all__ = ['RecoverWatcher', 'votes_html', 'votes_figure', 'VoteInspector', 'pool_rows', 'pool_html', 'pool_figure', 'PoolView',
+           'results_html', 'ResultsView']
 
 # %% ../nbs/07_widgets.ipynb #8a862efa
-PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
-
-def fig_png(fig:Figure, dpi:int=80)->bytes:
-    "PNG bytes of a matplotlib figure."
-    buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=dpi); return buf.getvalue()
-
 class _View:
     "Base of the views: a class owns its widgets and shows `.widget`."
     widget:W.Widget = None
@@ -35,35 +30,6 @@ class _View:
 def _natural(**kw)->W.Layout:
     "A layout that shows an `Image` at its own size (a flex box would stretch it to the box's width)."
     return W.Layout(align_self='flex-start', **kw)
-
-# %% ../nbs/07_widgets.ipynb #c737ab0f
-def grid_figure(images01:torch.Tensor,     # (K * ipc, C, H, W) in [0, 1], class-major (image c * ipc + k)
-                ipc:int,                   # images per class (columns)
-                class_names:list|None=None,# row labels
-                title:str='',
-                cell:float=0.45)->Figure:  # inches per image
-    "A class x IPC grid of images, classes as rows."
-    n, C = images01.shape[:2]
-    if ipc < 1 or n % ipc: raise CVDDError(f'{n} images do not fill rows of ipc={ipc}', 'pass class-major images, ipc per class')
-    K, (H, Wd) = n // ipc, images01.shape[2:]
-    names = [str(c) for c in (class_names[:K] if class_names else range(K))]
-    g = image_grid(images01.detach().float().cpu().clamp(0, 1), K, ipc)
-    # fixed margins in inches (a layout engine would triple the drawing time): names left, axis label below
-    left, bottom, top = 0.12 + 0.06 * max(map(len, names)), 0.32, 0.08 + (0.25 if title else 0)
-    w_in, h_in = cell * ipc * (Wd + 1) / Wd, cell * K * (H + 1) / H
-    fig = Figure(figsize=(left + w_in + 0.08, bottom + h_in + top))
-    ax = fig.add_axes((left / fig.get_figwidth(), bottom / fig.get_figheight(), w_in / fig.get_figwidth(), h_in / fig.get_figheight()))
-    ax.imshow((g[0] if C == 1 else g.permute(1, 2, 0)).numpy(), cmap='gray' if C == 1 else None, vmin=0, vmax=1, interpolation='nearest', aspect='auto')
-    ax.set_yticks([r * (H + 1) + H / 2 - 0.5 for r in range(K)], names, fontsize=7)
-    ax.set_xticks([c * (Wd + 1) + Wd / 2 - 0.5 for c in range(ipc)], list(range(ipc)), fontsize=7)
-    ax.set_xlabel('IPC index', fontsize=7, labelpad=1); ax.tick_params(length=0, pad=2)
-    for sp in ax.spines.values(): sp.set_visible(False)
-    if title: ax.set_title(title, fontsize=8)
-    return fig
-
-def grid_png(images01:torch.Tensor, ipc:int, class_names:list|None=None, title:str='', cell:float=0.45, dpi:int=80)->bytes:
-    "`grid_figure` as PNG bytes."
-    return fig_png(grid_figure(images01, ipc, class_names, title, cell), dpi)
 
 # %% ../nbs/07_widgets.ipynb #8c4ed699
 def _status_html(fr:dict|None)->str:

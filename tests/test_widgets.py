@@ -10,8 +10,8 @@ from cvdd_nb.data import load_dataset
 from cvdd_nb.experts import ExpertPool, train_expert
 from cvdd_nb.recover import History, RecoverConfig, recover, vote_weights
 from cvdd_nb.evaluate import EvalResult, ResultsTable
-from cvdd_nb.widgets import (PNG_SIGNATURE, PoolView, RecoverWatcher, ResultsView, VoteInspector, fig_png, grid_figure, grid_png,
-                             pool_figure, pool_rows, votes_figure, votes_html)
+from cvdd_nb.plots import PNG_SIGNATURE, fig_png, grid_figure, grid_png
+from cvdd_nb.widgets import PoolView, RecoverWatcher, ResultsView, VoteInspector, pool_figure, pool_rows, votes_figure, votes_html
 
 @pytest.fixture(scope='module')
 def setup():
@@ -124,3 +124,10 @@ def test_results_view():
     c = rv.chart.value
     rv.update(ResultsTable(tab.results[1:]))
     fct.test_ne(rv.chart.value, c); assert '>cvdd<' not in rv.html.value
+
+
+def test_headless_imports_no_widgets():
+    "The pipeline and the CLI draw their reports with cvdd_nb.plots: a headless run never loads ipywidgets."
+    import subprocess, sys
+    code = "import sys, cvdd_nb.pipeline, cvdd_nb.cli, cvdd_nb.plots; assert 'ipywidgets' not in sys.modules, 'ipywidgets imported'"
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True); assert r.returncode == 0, r.stderr[-2000:]
