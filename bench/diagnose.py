@@ -33,6 +33,7 @@ from cvdd_nb.data import load_dataset
 from cvdd_nb.experts import ExpertPool, default_flip
 from cvdd_nb.recover import Recovered
 from cvdd_nb.pipeline import RunConfig, holdout, pool_dir, run_sets
+from cvdd_nb.zoo import git_commit, machine
 
 
 def views(x:torch.Tensor, n:int, flip:bool, seed:int=0)->torch.Tensor:
@@ -77,12 +78,12 @@ def diagnose(folder:Path, n_views:int=32)->dict:
     flip = default_flip(data.info.name) if sc['relabel'].flip == 'auto' else sc['relabel'].flip == 'yes'
     return {k: carried(x, y, pool, n_views, flip) for k, (x, y, _) in sets.items()}
 
-def markdown(res:dict)->str:
+def markdown(res:dict, meta:dict|None=None)->str:
     md = ['# What each distilled set carries', '',
           'Per run and set: each expert\'s reading of the clean images (% classified as their class), and on random-resized crops '
           '(eval-mode teachers): the share of crops on which every expert agrees, on which the committee\'s mean probability is '
           'right, and its mean entropy (nats); spread: RMS pixel distance between two images of a class (normalised). Written by '
-          '`bench/diagnose.py` (its docstring says why each matters).', '']
+          '`bench/diagnose.py` (its docstring says why each matters)' + (f" as `{meta['command']}` at commit `{meta['commit']}`, {meta['machine']}." if meta else '.'), '']
     for run, sets in res.items():
         experts = list(next(iter(sets.values()))['reads'])
         md += [f'## `{run}`', '', '| set | ' + ' | '.join(f'reads: {e}' for e in experts) + ' | agree % | correct % | entropy | spread |',
@@ -99,6 +100,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     try: res = {Path(r).name: diagnose(Path(r), a.views) for r in a.runs}
     except CVDDError as e: print(f'diagnose: error: {e}', file=sys.stderr); sys.exit(2)
-    save_json(a.out + '.json', res); atomic_write(a.out + '.md', markdown(res)); print(markdown(res))
+    meta = dict(command=' '.join(['python', 'bench/diagnose.py', *(argv if argv is not None else sys.argv[1:])]), commit=git_commit(), machine=machine('auto'))
+    save_json(a.out + '.json', dict(meta=meta, runs=res)); atomic_write(a.out + '.md', markdown(res, meta)); print(markdown(res, meta))
 
 if __name__ == '__main__': main()

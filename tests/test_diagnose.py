@@ -35,7 +35,8 @@ def test_one_expert_always_agrees(tiny):
 def test_cli_writes_tables_and_refuses_a_non_run(tiny, tmp_path):
     r = subprocess.run([sys.executable, str(ROOT/'bench/diagnose.py'), str(tiny), '--views', '2', '--out', str(tmp_path/'d')], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert set(load_json(tmp_path/'d.json')['tiny']) == {'cvdd', 'sre2l++', 'random_soft'} and '| cvdd |' in (tmp_path/'d.md').read_text()
+    d = load_json(tmp_path/'d.json'); assert set(d['runs']['tiny']) == {'cvdd', 'sre2l++', 'random_soft'} and d['meta']['commit']
+    assert '| cvdd |' in (tmp_path/'d.md').read_text() and 'bench/diagnose.py' in (tmp_path/'d.md').read_text()
     (tmp_path/'empty').mkdir()
     r = subprocess.run([sys.executable, str(ROOT/'bench/diagnose.py'), str(tmp_path/'empty')], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith('diagnose: error:') and 'manifest.json does not exist' in r.stderr, r.stderr
