@@ -100,5 +100,53 @@ def test_reference_tolerance_is_the_tested_one():
 
 def test_priors_in_prose_are_gone():
     "No prior is typed into the prose any more: the benchmark's JSON does not hold them (from the next run on, its table will)."
-    for old in ('79.5', '68.5', '63.1', '52.8', 'by a wide margin', 'within about a point of each other in every row'):
-        assert old not in README, old
+    import re
+    for old in ('79.5', '68.5', '63.1', '52.8'): assert not re.search(rf'(?<![\d.]){re.escape(old)}(?![\d])', README), old   # not inside 79.54
+    for old in ('by a wide margin', 'within about a point of each other in every row'): assert old not in README, old
+
+def _field():
+    "The field benchmark's cells {(dataset, ipc): {(student, method): cell}} and its meta."
+    import sys; sys.path.insert(0, str(ROOT/'bench')); import field
+    d = json.loads((ROOT/'bench/results/field.json').read_text()); return field.from_json(d['cells']), d['meta'], field
+
+def test_field_claims():
+    cells, meta, field = _field(); c = cells[('fashion_mnist', 10)]
+    cv, sp, rs = (c[('convnet3-w1', m)] for m in ('cvdd', 'sre2l++', 'random_soft'))
+    fct.test_eq((cv['n'], sp['n'], rs['n']), (3, 3, 3))
+    _says('CV-DD is ahead of random real images with the same soft labels by more than their pooled seed spread, and level '
+          "with SRe2L++: the gap is smaller than either method's seed spread")
+    assert cv['mean'] - rs['mean'] > field.pooled(cv, rs), (cv, rs)
+    assert abs(cv['mean'] - sp['mean']) < min(cv['std'], sp['std']), (cv, sp)
+    _says("It misses the 86.0 target (IDC's published number at this cell) by about six points, and it stands below the "
+          'published hard-label rows of DC, DSA and IDC as well.')
+    assert 5.5 <= 86.0 - cv['mean'] < 6.5, cv['mean']
+    pub = {r['method']: r['acc']['10'] for r in tomllib.loads((ROOT/'bench/published.toml').read_text())['fashion_mnist'] if '10' in r['acc']}
+    assert all(cv['mean'] < pub[m] for m in ('DC', 'DSA', 'IDC-I', 'IDC (factor 2)')), (cv['mean'], pub)
+
+def test_diagnosis_claims():
+    runs = json.loads((ROOT/'bench/results/diagnose.json').read_text())['runs']
+    fct.test_eq(sorted(runs), ['zoo-fashion_mnist-ipc10-s1', 'zoo-fashion_mnist-ipc10-s2'])
+    _says("the committee's images are read as their class by every zoo expert but SRe2L++'s own (the ConvNet) at least as often as SRe2L++'s")
+    _says('all six experts agree on about two thirds of their random crops, against just over half for SRe2L++\'s images and '
+          "for random real ones, and the committee's label on those crops is more confident (lower entropy)")
+    for r in runs.values():
+        cv, sp, rs = r['cvdd'], r['sre2l++'], r['random_soft']
+        fct.test_eq(len(cv['reads']), 6)
+        assert all(cv['reads'][e] >= sp['reads'][e] for e in cv['reads'] if e != 'convnet'), (cv['reads'], sp['reads'])  # convnet made SRe2L++'s
+        assert 60 <= cv['agree'] <= 72 and 50 < sp['agree'] < 60 and 50 < rs['agree'] < 60, (cv['agree'], sp['agree'], rs['agree'])
+        assert cv['entropy'] < min(sp['entropy'], rs['entropy'])
+
+def test_lever_claims():
+    d = json.loads((ROOT/'bench/results/lever_teachers.json').read_text())['rows']
+    _says("early-stopped teachers (the zoo's epoch-1 snapshots) making the soft labels, gave no gain on the validation hold-out")
+    fct.test_eq(d['e1']['teachers'], 'zoo:fashion_mnist@e1')
+    assert d['e1']['mean'] <= d['final']['mean'] + max(d['e1']['std'], d['final']['std']), d
+
+def test_field_resnet_claims():
+    cells, meta, field = _field(); c = cells[('fashion_mnist', 10)]
+    cv, sp, rs = (c[('resnet18-w0.5', m)] for m in ('cvdd', 'sre2l++', 'random_soft'))
+    _says('With the ResNet-18 student the picture turns: CV-DD is ahead of SRe2L++ by more than their pooled seed spread')
+    assert cv['n'] == 3 and cv['mean'] - sp['mean'] > field.pooled(cv, sp), (cv, sp)
+    _says('but level with random real images with the same soft labels.')
+    assert abs(cv['mean'] - rs['mean']) < min(cv['std'], rs['std']), (cv, rs)
+    pri = meta['priors']['fashion_mnist']['values']; fct.test_eq(max(pri, key=pri.get), 'convnet')     # SRe2L++'s expert
