@@ -263,7 +263,9 @@ def benchmark(a)->dict:
             c = seed_config(cfgs[k], s)
             jobs.append((run, (c, work/k[0]/c['name']))); what.append(('run', k, s))
             keyed.append((records/k[0]/f"{c['name']}.json", record_key(c, work)))
-    sp, more = (a.seeds[0] if a.spread_seed is None else a.spread_seed), [s for s in a.seeds if s != (a.seeds[0] if a.spread_seed is None else a.spread_seed)]
+    sp = a.seeds[0] if a.spread_seed is None else a.spread_seed
+    if sp not in a.seeds: raise CVDDError(f'--spread-seed {sp} is not one of --seeds {a.seeds}', 'name one of the seeds the benchmark runs')
+    more = [s for s in a.seeds if s != sp]
     if more:                                # after the runs: the spread seed's run trains its first student with the other seeds
         for k in keys:
             c = seed_config(cfgs[k], sp)
