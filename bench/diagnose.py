@@ -30,8 +30,9 @@ from torchvision.transforms import v2
 
 from cvdd_nb.core import CVDDError, atomic_write, load_json, make_generator, save_json
 from cvdd_nb.data import load_dataset
-from cvdd_nb.experts import ExpertPool, default_flip
+from cvdd_nb.experts import ExpertPool
 from cvdd_nb.recover import Recovered
+from cvdd_nb.relabel import resolve_flip
 from cvdd_nb.pipeline import RunConfig, holdout, pool_dir, run_sets
 from cvdd_nb.zoo import git_commit, machine
 
@@ -75,7 +76,7 @@ def diagnose(folder:Path, n_views:int=32)->dict:
     recs = {r: Recovered.load(folder/'recover'/r) for r in ('cvdd', 'sre2l++') if (folder/'recover'/r/'recovered.json').exists()}
     if 'cvdd' not in recs: raise CVDDError(f'{folder}: recover has not finished', 'finish the run first (run the same command again)')
     sets = run_sets(cfg.replace(evaluate=dict(cfg.evaluate, methods=[k for k in ('cvdd', 'sre2l++', 'random_soft') if k in recs or k == 'random_soft'])), data, recs)
-    flip = default_flip(data.info.name) if sc['relabel'].flip == 'auto' else sc['relabel'].flip == 'yes'
+    flip = resolve_flip(sc['relabel'].flip, data.info.name)
     return {k: carried(x, y, pool, n_views, flip) for k, (x, y, _) in sets.items()}
 
 def markdown(res:dict, meta:dict|None=None)->str:
