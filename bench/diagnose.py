@@ -32,7 +32,7 @@ from cvdd_nb.core import CVDDError, atomic_write, load_json, make_generator, sav
 from cvdd_nb.data import load_dataset
 from cvdd_nb.experts import ExpertPool
 from cvdd_nb.recover import Recovered
-from cvdd_nb.relabel import resolve_flip
+from cvdd_nb.experts import resolve_flip
 from cvdd_nb.pipeline import RunConfig, holdout, pool_dir, run_sets
 from cvdd_nb.zoo import git_commit, machine
 

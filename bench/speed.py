@@ -27,9 +27,9 @@ from cvdd_nb.core import atomic_write, make_generator, versions
 from accuracy import git_commit
 from cvdd_nb.data import Data, DatasetInfo, Split, load_dataset, normalize, pixel_bounds
 from cvdd_nb.models import bn_layers, create_model
-from cvdd_nb.experts import Expert, ExpertMeta, ExpertPool, train_pool
+from cvdd_nb.experts import Expert, ExpertMeta, ExpertPool, resolve_flip, train_pool
 from cvdd_nb.recover import (RecoverConfig, apply_augment, committee_loss, committee_plan, compute_priors, cosine_lr, crop_scale,
-                             draw_augment, plan_units, recover, resolve_flip, resolve_roll, unit_seed, unit_start)
+                             draw_augment, plan_units, recover, resolve_roll, unit_seed, unit_start)
 from cvdd_nb.relabel import (LabelStore, OnlineLabeler, RelabelConfig, apply_aug, batch_bounds, make_committee, relabel)
 from cvdd_nb.evaluate import train_student
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse, json, shlex, sys, time
 from pathlib import Path
 
-from .core import CVDDError, load_json
+from .core import CVDDError, load_json, parse_arch_spec
 from .data import DatasetInfo, list_datasets, load_dataset
 from .experts import ExpertPool, ExpertRecipe, train_pool
 from .evaluate import DistilledSet, EvalConfig, EvalResult, ResultsTable, evaluate_set
@@ -60,20 +60,12 @@ def cmd_show(args):
 # %% ../nbs/10_cli.ipynb #68e4db5c
 DEMO_POOL = ['convnet:0.5', 'resnet18:0.25', 'mobilenetv2:0.5', 'shufflenetv2:1', 'densenet121:0.25']
 
-def _parse_arch(s:str)->tuple:
-    "'resnet18:0.25' -> ('resnet18', 'resnet18', 0.25); 'name=arch:w' names it."
-    name, _, rest = s.rpartition('=')
-    arch, _, w = rest.partition(':')
-    try: w = float(w) if w else 1.0
-    except ValueError: raise CVDDError(f'bad expert spec {s!r}: width {w!r} is not a number', 'write ARCH or ARCH:WIDTH, e.g. resnet18:0.25') from None
-    return (name or arch, arch, w)
-
 def experts_train(args):
     "Train (or resume) a pool of experts and print its table."
     if args.zoo: return experts_zoo(args)
     if not args.out: raise CVDDError('experts train needs --out (the pool folder), or --zoo DATASET', 'add --out runs/pools/<name>')
     data = load_dataset(args.dataset, root=args.root)
-    archs = [_parse_arch(a) for a in args.arch]
+    archs = [parse_arch_spec(a) for a in args.arch]
     t0 = time.perf_counter()
     pool = train_pool(archs, data, args.out, ExpertRecipe(epochs=args.epochs, batch_size=args.batch_size), seed=args.seed, device=args.device,
                       quiet=args.quiet)
@@ -262,7 +254,7 @@ def sets_evaluate(args)->EvalResult:
     data = load_dataset(args.dataset, root=args.root, **({'img_size': args.img_size} if args.img_size else {}))
     same_dataset(ds.info, data.info, args.set)
     if ds.store is None: raise CVDDError(f'{args.set} holds no stored soft labels', "import the set with --fkd DIR (the reference's label files)")
-    _, arch, width = _parse_arch(args.student)
+    _, arch, width = parse_arch_spec(args.student)
     cfg = EvalConfig(student=arch, width=width, epochs=args.epochs or ds.store.epochs)
     r = evaluate_set(ds.images, ds.labels, ds.info, data.test, config=cfg, seeds=tuple(args.seeds), store=ds.store, method=ds.method,
                      device=args.device, quiet=args.quiet)

@@ -15,9 +15,9 @@ from tqdm.auto import tqdm
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['LOCK_NAME', 'CVDDError', 'check_choice', 'set_seed', 'make_generator', 'get_device', 'autocast', 'atomic_write',
-           'clean_temp_files', 'save_json', 'load_json', 'Config', 'versions', 'FolderLock', 'counting', 'tally',
-           'RunDir', 'progress']
+__all__ = ['YES_NO_AUTO', 'ARCH_PREFIXES', 'LOCK_NAME', 'CVDDError', 'check_choice', 'set_seed', 'make_generator', 'get_device',
+           'autocast', 'atomic_write', 'clean_temp_files', 'save_json', 'load_json', 'Config', 'resolve_auto',
+           'parse_arch_spec', 'versions', 'FolderLock', 'counting', 'tally', 'RunDir', 'Share', 'progress']
 
 # %% ../nbs/00_core.ipynb #cc2098ce
 class CVDDError(ValueError):
@@ -166,6 +166,36 @@ class Config:
                 raise CVDDError(f'{cls.__name__}.{k} should be {t.__name__}, got {v!r}', f'give {k} a {t.__name__} value')
         return cls(**d)
 
+# %% ../nbs/00_core.ipynb #21130b40
+@patch(cls_method=True)
+def coerce(cls:Config, config=None, **kw):
+    "`config` as a `cls`: an instance as it is, a dict (checked) or None (the defaults); `kw` override its settings."
+    cfg = config if isinstance(config, cls) else cls.from_dict(config)
+    return cfg.replace(**kw) if kw else cfg
+
+# %% ../nbs/00_core.ipynb #bf929b11
+YES_NO_AUTO = ('auto', 'yes', 'no')
+
+def resolve_auto(setting:str,   # 'auto', 'yes' or 'no'
+                 name:str,      # what it sets, for the error
+                 auto:bool      # the answer for 'auto'
+                )->bool:
+    "`setting` as a bool, `auto` standing in for 'auto'."
+    return auto if check_choice(name, setting, YES_NO_AUTO) == 'auto' else setting == 'yes'
+
+# %% ../nbs/00_core.ipynb #628c3dad
+ARCH_PREFIXES = ('timm', 'tv')   # architectures from timm / torchvision: `timm:NAME`
+
+def parse_arch_spec(spec:str)->tuple:
+    "'resnet18:0.25' -> ('resnet18', 'resnet18', 0.25); 'name=arch:width' names it; width 1.0 when none is given."
+    name, _, rest = spec.rpartition('=')
+    fix = 'write ARCH or ARCH:WIDTH, e.g. resnet18:0.25 (NAME=ARCH:WIDTH to name it)'
+    if not rest.split(':')[0]: raise CVDDError(f'bad expert spec {spec!r}: no architecture', fix)
+    head, _, last = rest.rpartition(':')
+    if not head or head in ARCH_PREFIXES: return (name or rest, rest, 1.0)
+    try: return (name or head, head, float(last))
+    except ValueError: raise CVDDError(f'bad expert spec {spec!r}: width {last!r} is not a number', fix) from None
+
 # %% ../nbs/00_core.ipynb #bbdeef45
 def versions()->dict:
     "Versions of Python, the platform and the libraries that shape results."
@@ -276,6 +306,28 @@ class RunDir:
         finally:
             st['work'] = dict(sorted(work.items()))
             st['seconds'] = before if was_done else round(before + time.perf_counter() - t0, 3); self.save()
+
+# %% ../nbs/00_core.ipynb #fe9038d0
+@dataclasses.dataclass
+class Share:
+    "How a stage's work is shared among processes: here one process that does all of it (see `distributed.DistEnv`)."
+    rank:int = 0
+    world_size:int = 1
+    @property
+    def active(self)->bool: return False             # True when other processes take part
+    @property
+    def main(self)->bool: return self.rank == 0      # the process that writes shared files
+    def mine(self, n:int)->list:
+        "The indices of `n` items this process takes (round-robin)."
+        return list(range(self.rank, n, self.world_size))
+    def gather(self, obj)->list: return [obj]         # every process's `obj`, in rank order
+    def broadcast(self, obj): return obj              # the main process's `obj`, everywhere
+    def barrier(self): pass                           # wait until every process is here
+    def main_first(self, fn):
+        "`fn()` on the main process, then on the others: what the first writes, the rest read."
+        out = fn() if self.main else None
+        self.barrier()
+        return out if self.main else fn()
 
 # %% ../nbs/00_core.ipynb #690599af
 def progress(it=None, **kw):

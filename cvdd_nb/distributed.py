@@ -4,42 +4,51 @@
 
 # %% ../nbs/09_distributed.ipynb #26c335ca
 from __future__ import annotations
-import argparse, contextlib, dataclasses, json, math, os, shutil, socket, sys, tempfile, time
+import argparse, contextlib, dataclasses, functools, inspect, json, os, shutil, socket, sys, tempfile, time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn as nn
-import torch.nn.functional as F
+from fastcore.basics import patch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .core import CVDDError, autocast, get_device, load_json, make_generator, progress, save_json, set_seed, versions
-from .data import Data, DatasetInfo, Split, load_dataset, normalize
-from .experts import Expert, ExpertMeta, ExpertPool, ExpertRecipe, default_flip, evaluate_model, random_crop_flip
-from .models import count_params, create_model
-from .recover import Recovered, RecoverConfig, _Placed, _Run, compute_priors, init_bank, recover
-from .relabel import LabelStore, RelabelConfig, as_relabel_config, check_images, relabel, split_sizes
-from .evaluate import (EvalConfig, StudentRun, _student, as_eval_config, kd_loss, mixed_ce, param_groups, smoothed_cosine,
-                              student_epoch, train_student)
+from .core import CVDDError, Share, get_device
+from .data import Data, DatasetInfo, Split, load_dataset
+from .experts import Expert, ExpertPool, ExpertRecipe, ExpertStep, train_expert
+from .recover import Recovered, RecoverConfig, recover
+from .relabel import LabelStore, RelabelConfig, relabel, split_sizes
+from .evaluate import EvalConfig, StudentRun, StudentStep, train_student
 
 # %% auto #0
-__all__ = ['DistEnv', 'init_distributed', 'barrier', 'all_gather', 'broadcast', 'shard', 'free_port', 'launch_local',
-           'distributed_recover', 'distributed_relabel', 'ddp_train_student', 'ddp_train_expert', 'build_parser',
-           'main']
+__all__ = ['DistEnv', 'init_distributed', 'barrier', 'all_gather', 'broadcast', 'shard', 'free_port', 'run_rank', 'launch_local',
+           'check_ranks', 'distributed_recover', 'distributed_relabel', 'DDPStudentStep', 'ddp_train_student',
+           'DDPExpertStep', 'ddp_train_expert', 'check_run', 'check_expert', 'build_parser', 'main']
 
 # %% ../nbs/09_distributed.ipynb #6a5352d3
 @dataclasses.dataclass
-class DistEnv:
-    "Who this process is in a distributed run."
-    rank:int = 0
-    world_size:int = 1
+class DistEnv(Share):
+    "Who this process is in a distributed run, and the collectives that share a stage's work with the others."
     local_rank:int = 0
     backend:str|None = None     # 'gloo' or 'nccl'; None without a process group
     device:str = 'cpu'          # this process's device ('cuda:<local_rank>' on GPUs)
     @property
     def active(self)->bool: return self.world_size > 1 and dist.is_available() and dist.is_initialized()
-    @property
-    def main(self)->bool: return self.rank == 0
+
+    def barrier(self):
+        "Wait for every process (nothing to wait for alone)."
+        if self.active: dist.barrier()
+
+    def gather(self, obj)->list:
+        "Every rank's `obj`, in rank order."
+        if not self.active: return [obj]
+        out = [None] * self.world_size; dist.all_gather_object(out, obj); return out
+
+    def broadcast(self, obj, src:int=0):
+        "Rank `src`'s `obj` on every rank."
+        if not self.active: return obj
+        box = [obj]; dist.broadcast_object_list(box, src); return box[0]
 
 def init_distributed(backend:str|None=None,   # default: 'nccl' on CUDA, else 'gloo'
                      device=None)->DistEnv:    # default: CUDA when available
@@ -57,30 +66,18 @@ def init_distributed(backend:str|None=None,   # default: 'nccl' on CUDA, else 'g
     return DistEnv(rank, world, local, backend if world > 1 else None, str(dev))
 
 # %% ../nbs/09_distributed.ipynb #b6660f71
-def barrier(env:DistEnv):
-    "Wait for every process (nothing to wait for alone)."
-    if env.active: dist.barrier()
-
-def all_gather(obj, env:DistEnv)->list:
-    "Every rank's `obj`, in rank order."
-    if not env.active: return [obj]
-    out = [None] * env.world_size; dist.all_gather_object(out, obj); return out
-
-def broadcast(obj, env:DistEnv, src:int=0):
-    "Rank `src`'s `obj` on every rank."
-    if not env.active: return obj
-    box = [obj]; dist.broadcast_object_list(box, src); return box[0]
-
-def shard(n:int, env:DistEnv)->list:
-    "The indices of `n` items that this rank takes (round-robin)."
-    return list(range(env.rank, n, env.world_size))
+def barrier(env:DistEnv): env.barrier()
+def all_gather(obj, env:DistEnv)->list: return env.gather(obj)
+def broadcast(obj, env:DistEnv, src:int=0): return env.broadcast(obj, src)
+def shard(n:int, env:DistEnv)->list: return env.mine(n)
 
 # %% ../nbs/09_distributed.ipynb #7b123152
 def free_port()->int:
     "A TCP port nobody listens on right now."
     with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
-def _trampoline(rank:int, fn, nprocs:int, port:int, threads:int, args:tuple, kw:dict, out:str):
+def run_rank(rank:int, fn, nprocs:int, port:int, threads:int, args:tuple, kw:dict, out:str):
+    "What `launch_local` runs in each new process: join the local group as `rank`, call `fn`, save its result in `out`."
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(nprocs), LOCAL_RANK=str(rank), MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port),
                       OMP_NUM_THREADS=str(threads), CVDD_PROGRESS='0', CUDA_VISIBLE_DEVICES='')      # CPU processes
     torch.set_num_threads(threads)
@@ -96,22 +93,19 @@ def launch_local(fn,                 # an importable function
                  threads:int=1,      # intra-op threads per process
                  **kw)->list:
     "Run `fn(*args, **kw)` in `nprocs` local CPU processes forming a gloo group; every rank's return value."
-    import torch.multiprocessing as mp
-    from cvdd_nb.distributed import _trampoline                       # the library's (importable in the new processes)
+    from cvdd_nb.distributed import run_rank                          # the library's (importable in the new processes)
     out = tempfile.mkdtemp(prefix='cvdd_launch_')
     try:
-        mp.spawn(_trampoline, args=(fn, nprocs, free_port(), threads, args, kw, out), nprocs=nprocs, join=True)
+        mp.spawn(run_rank, args=(fn, nprocs, free_port(), threads, args, kw, out), nprocs=nprocs, join=True)
         return [torch.load(Path(out)/f'rank{r}.pt', weights_only=False) for r in range(nprocs)]
     finally: shutil.rmtree(out, ignore_errors=True)
 
 # %% ../nbs/09_distributed.ipynb #f0b24b73
-def _ranks(): env = init_distributed(); return all_gather(env.rank, env)
+def check_ranks()->list:
+    "Every rank of the group, gathered (a check that the group forms)."
+    env = init_distributed(); return env.gather(env.rank)
 
 # %% ../nbs/09_distributed.ipynb #4773d7ea
-def _as_recover_config(config, kw)->RecoverConfig:
-    cfg = config if isinstance(config, RecoverConfig) else RecoverConfig.from_dict(config)
-    return cfg.replace(**kw) if kw else cfg
-
 def distributed_recover(pool:ExpertPool, data:Data,
                         config:RecoverConfig|dict|None=None,
                         out:str|Path|None=None,     # folder for checkpoints and the result (written by rank 0)
@@ -119,68 +113,42 @@ def distributed_recover(pool:ExpertPool, data:Data,
                         env:DistEnv|None=None,      # default: `init_distributed()`
                         **kw)->Recovered:
     "`recover`, with the work units shared among the processes of the group; every rank returns the whole result."
-    env, cfg = env or init_distributed(), _as_recover_config(config, kw)
-    if not env.active: return recover(pool, data, cfg, out, callbacks, priors, quiet=quiet)
-    pool.check(data.info)
-    priors = [float(p) for p in priors] if priors is not None else compute_priors(pool, cfg.prior, cfg.prior_values, data)
-    run = _Run(pool, data, cfg, out, callbacks, priors, None, quiet or not env.main)
-    run.progress_file, t0 = f'progress.rank{env.rank}.safetensors', time.perf_counter()
-    if run.out is not None and (run.out/'recovered.json').exists():
-        run.check_same(load_json(run.out/'recovered.json').get('fingerprint'), run.out/'recovered.json'); return Recovered.load(run.out)
-    if run.ck is not None:
-        if env.main and not (run.ck/'run.json').exists(): save_json(run.ck/'run.json', dict(fingerprint=run.fp))
-        barrier(env)
-        run.check_same(load_json(run.ck/'run.json').get('fingerprint'), run.ck/'run.json')
-    done, mine = run.load_done(), shard(len(run.groups), env)
-    todo = [gi for gi in mine if not all(u.key in done for u in run.groups[gi])]
-    run.total, run.done = cfg.iterations * len(mine), cfg.iterations * (len(mine) - len(todo))
-    bank = broadcast(init_bank(cfg, data, pool, run.device) if env.main else None, env) if cfg.init != 'noise' else None
-    used = sorted({i for gi in todo for u in run.groups[gi] for i in u.members})
-    with _Placed([pool[i].model for i in used], run.device, run.cl), progress(total=run.total, initial=run.done, desc=f'recover (rank {env.rank})', disable=True if run.quiet else None) as run.bar:
-        for gi in todo: done.update(run.run_group(gi, run.groups[gi], bank))
-    merged = {}
-    for part in all_gather({u.key: done[u.key] for gi in mine for u in run.groups[gi]}, env): merged.update(part)
-    rec = run.assemble(merged, time.perf_counter() - t0)
-    if run.out is not None:
-        if env.main:
-            rec.save(run.out, extra=dict(fingerprint=run.fp))
-            shutil.rmtree(run.ck, ignore_errors=True)
-        barrier(env)
-    return rec
+    return recover(pool, data, config, out, callbacks, priors, quiet=quiet, share=env or init_distributed(), **kw)
 
 # %% ../nbs/09_distributed.ipynb #daec92d1
 def distributed_relabel(images:torch.Tensor, teachers, info:DatasetInfo,
                         config:RelabelConfig|dict|None=None, priors=None, names:list|None=None,
-                        out:str|Path|None=None,      # folder to save the store into (rank 0)
+                        out:str|Path|None=None,      # folder to save the store into (rank 0); each rank checkpoints its epochs there
                         device=None, quiet:bool=True,
                         env:DistEnv|None=None)->LabelStore:
     "`relabel`, with the epochs shared among the processes of the group; every rank returns the whole store."
-    env, cfg = env or init_distributed(), as_relabel_config(config)
-    if not env.active: return relabel(images, teachers, info, cfg, priors, names, out, device, quiet)
-    mine = shard(cfg.epochs, env)
-    st = relabel(images, teachers, info, cfg, priors, names, None, device, quiet or not env.main, only_epochs=mine)
-    parts = all_gather(({k: v[mine] for k, v in st.t.items()}, st.meta['seconds']), env)
-    for r, (part, _) in enumerate(parts):
-        ep = list(range(r, cfg.epochs, env.world_size))
-        for k, v in part.items(): st.t[k][ep] = v
-    st.meta['seconds'] = max(s for _, s in parts)
-    if out is not None:
-        if env.main: st.save(out)
-        barrier(env)
-    return st
+    env = env or init_distributed()
+    return relabel(images, teachers, info, config, priors, names, out, device or env.device, quiet, share=env)
 
 # %% ../nbs/09_distributed.ipynb #bb751f83
 def _no_buffer_sync()->dict:
     "DDP arguments that stop it from broadcasting buffers at every forward (the name changed in recent PyTorch)."
-    import inspect
     return dict(forward_sync_buffers=False) if 'forward_sync_buffers' in inspect.signature(DDP.__init__).parameters else dict(broadcast_buffers=False)
 
 def _bns(model:nn.Module)->list: return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
 
-def _ddp_step(ddp, model, bns, opt, x, z, y, y2, lam, cfg:EvalConfig, hard:bool, device, env:DistEnv):
-    "One optimiser step on a batch whose micro-batches are shared among the ranks; the batch's summed loss (all ranks)."
-    opt.zero_grad(set_to_none=True)
-    n, sizes = len(x), split_sizes(len(x), cfg.micro_batch)
+# %% ../nbs/09_distributed.ipynb #b74f2085
+class DDPStudentStep(StudentStep):
+    "`StudentStep` with each batch's micro-batches dealt to the ranks (micro-batch j to rank j mod N) under DDP."
+    def __init__(self, env:DistEnv, model:nn.Module, opt, cfg:EvalConfig, hard:bool, device:torch.device):
+        super().__init__(model, opt, cfg, hard, device)
+        self.env, self.bns = env, _bns(model)
+        if any(b.momentum is None for b in self.bns):
+            raise CVDDError('a BatchNorm layer of the student uses a cumulative average (momentum=None)', 'use a student whose BN layers have a momentum')
+        self.ddp = DDP(model, device_ids=[device.index] if device.type == 'cuda' else None, **_no_buffer_sync())
+
+# %% ../nbs/09_distributed.ipynb #d622a623
+@patch
+def __call__(self:DDPStudentStep, x, z, y, y2, lam)->torch.Tensor:
+    "Step on the batch, this rank's micro-batches here; the batch's summed loss (all ranks)."
+    env, bns, device = self.env, self.bns, self.device
+    self.opt.zero_grad(set_to_none=True)
+    n, sizes = len(x), split_sizes(len(x), self.cfg.micro_batch)
     starts = [sum(sizes[:j]) for j in range(len(sizes))]
     mine = [j for j in range(len(sizes)) if j % env.world_size == env.rank]
     plan, saved = mine or [0], [(b.running_mean.clone(), b.running_var.clone(), b.num_batches_tracked.clone()) for b in bns]
@@ -188,16 +156,15 @@ def _ddp_step(ddp, model, bns, opt, x, z, y, y2, lam, cfg:EvalConfig, hard:bool,
     for i, j in enumerate(plan):
         sl, m = slice(starts[j], starts[j] + sizes[j]), sizes[j]
         before = [(b.running_mean.clone(), b.running_var.clone()) for b in bns]
-        with ddp.no_sync() if i < len(plan) - 1 else contextlib.nullcontext():
-            with autocast(device): s = ddp(x[sl])
-            loss = mixed_ce(s.float(), y[sl], y2[sl], lam) if hard else kd_loss(s.float(), z[sl], cfg.temperature)
+        with self.ddp.no_sync() if i < len(plan) - 1 else contextlib.nullcontext():
+            loss = self.loss(self.ddp, x[sl], None if z is None else z[sl], y[sl], y2[sl], lam)
             (loss * ((m / n) * env.world_size if mine else 0.0)).backward()
         if mine:
             total = total + loss.detach() * m
             contrib[j] = [((b.running_mean - (1 - b.momentum) * bm).cpu(), (b.running_var - (1 - b.momentum) * bv).cpu()) for b, (bm, bv) in zip(bns, before)]
-    opt.step()
+    self.opt.step()
     merged = {}
-    for part in all_gather(contrib, env): merged.update(part)
+    for part in env.gather(contrib): merged.update(part)
     with torch.no_grad():                  # BN running statistics as if the micro-batches had run one after another here
         for k, b in enumerate(bns):
             rm, rv, nb = saved[k]
@@ -207,6 +174,7 @@ def _ddp_step(ddp, model, bns, opt, x, z, y, y2, lam, cfg:EvalConfig, hard:bool,
     dist.all_reduce(total)
     return total
 
+# %% ../nbs/09_distributed.ipynb #99c829d0
 def ddp_train_student(images:torch.Tensor, labels:torch.Tensor, info:DatasetInfo, source,
                       config:EvalConfig|dict|None=None, seed:int=0, test:Split|None=None, hard:bool=False,
                       device=None, quiet:bool=True,
@@ -214,67 +182,41 @@ def ddp_train_student(images:torch.Tensor, labels:torch.Tensor, info:DatasetInfo
     "`train_student` with each batch's micro-batches shared among the processes (DDP); every rank returns the same student."
     env = env or init_distributed()
     if not env.active: return train_student(images, labels, info, source, config, seed, test, hard, device, quiet)
-    cfg = as_eval_config(config); check_images(images, labels, info)
-    if source.epochs is not None and source.epochs < cfg.epochs:
-        raise CVDDError(f'the label source holds {source.epochs} epochs, the student trains {cfg.epochs}', f'relabel with epochs >= {cfg.epochs}, or train fewer epochs')
-    if isinstance(source, LabelStore): source.check(images)
-    device = get_device(device or env.device); set_seed(seed)
-    cl = device.type == 'cuda' if cfg.channels_last == 'auto' else cfg.channels_last == 'yes'
-    model = _student(cfg, info).to(device, memory_format=torch.channels_last if cl else torch.preserve_format)
-    bns = _bns(model)
-    if any(b.momentum is None for b in bns): raise CVDDError('a BatchNorm layer of the student uses a cumulative average (momentum=None)', 'use a student whose BN layers have a momentum')
-    ddp = DDP(model, device_ids=[device.index] if device.type == 'cuda' else None, **_no_buffer_sync())
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
-    x_all, y_all, hist, t0 = images.detach().to(device), labels.to(device), [], time.perf_counter()
-    step = lambda x, z, y, yb, lam: _ddp_step(ddp, model, bns, opt, x, z, y, yb, lam, cfg, hard, device, env)
-    for e in progress(range(cfg.epochs), desc=f'student {cfg.student} (rank {env.rank})', disable=quiet or not env.main or None):
-        hist.append(student_epoch(model, opt, source, x_all, y_all, e, cfg, hard, step, cl, test, info))   # evaluate's epoch, DDP's step
-    acc = evaluate_model(model, test, info, cfg.eval_batch, device) if test is not None else None
-    if hist and acc is not None: hist[-1]['acc'] = acc
-    return StudentRun(model.eval().to(memory_format=torch.contiguous_format), acc, hist, time.perf_counter() - t0)
+    return train_student(images, labels, info, source, config, seed, test, hard, device or env.device, quiet or not env.main,
+                         step_class=functools.partial(DDPStudentStep, env))
 
 # %% ../nbs/09_distributed.ipynb #77f466e5
+class DDPExpertStep(ExpertStep):
+    "`ExpertStep` with each batch split among the ranks (near-equal parts) under DDP, each loss weighted by its share."
+    def __init__(self, env:DistEnv, model:nn.Module, opt, sched, recipe:ExpertRecipe, device:torch.device):
+        super().__init__(model, opt, sched, recipe, device)
+        self.env, self.record = env, dict(ddp_world_size=env.world_size)
+        self.ddp = DDP(model, device_ids=[device.index] if device.type == 'cuda' else None)
+
+    def __call__(self, xb:torch.Tensor, yb:torch.Tensor):
+        "Step on the batch (the same on every rank), this rank's part of it here."
+        env = self.env
+        part = torch.arange(len(xb), device=xb.device).tensor_split(env.world_size)[env.rank]
+        w = len(part) / len(xb) * env.world_size
+        if len(part) == 0: part, w = torch.arange(min(2, len(xb)), device=xb.device), 0.0   # nothing here: join the all-reduce with weight 0
+        loss = self.loss(self.ddp, xb[part], yb[part])
+        self.opt.zero_grad(set_to_none=True); (loss * w).backward(); self.opt.step(); self.sched.step()
+
+    def finish(self):
+        for b in self.model.buffers(): dist.broadcast(b, 0)          # rank 0's running statistics everywhere
+
+# %% ../nbs/09_distributed.ipynb #41f368c8
 def ddp_train_expert(arch:str, data:Data, recipe:ExpertRecipe|dict|None=None, width:float=1.0, seed:int=0,
                      device=None, name:str|None=None, arch_kw:dict|None=None, quiet:bool=False,
                      env:DistEnv|None=None)->Expert:
     "`train_expert` with each batch shared among the processes (DDP); every rank returns the same expert."
-    from cvdd_nb.experts import train_expert
     env = env or init_distributed()
     if not env.active: return train_expert(arch, data, recipe, width, seed, device, name, arch_kw, quiet)
-    recipe = recipe if isinstance(recipe, ExpertRecipe) else ExpertRecipe.from_dict(recipe)
-    if recipe.epochs < 1: raise CVDDError(f'epochs must be >= 1, got {recipe.epochs}', 'set epochs to 1 or more')
-    info, device = data.info, get_device(device or env.device)
-    set_seed(seed); g = make_generator(seed)
-    model = create_model(arch, info.num_classes, in_chans=info.channels, img_size=info.img_size[0], width=width, **(arch_kw or {})).to(device)
-    ddp = DDP(model, device_ids=[device.index] if device.type == 'cuda' else None)
-    pad = recipe.pad if recipe.pad >= 0 else max(1, round(info.img_size[0] / 8))
-    flip = default_flip(info.name) if recipe.flip == 'auto' else recipe.flip == 'yes'
-    n, bs = len(data.train), min(recipe.batch_size, len(data.train))
-    opt = torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, recipe.epochs * math.ceil(n / bs))
-    x_all, y_all = data.train.x.to(device).float().div_(255), data.train.y.to(device)
-    t0 = time.perf_counter(); model.train()
-    for ep in progress(range(recipe.epochs), desc=f'train {name or arch} (rank {env.rank})', disable=quiet or not env.main or None):
-        for idx in torch.randperm(n, generator=g).split(bs):
-            idx = idx.to(device)
-            xb = normalize(random_crop_flip(x_all[idx], pad, flip, g), info)        # the whole batch, the same on every rank
-            part = torch.arange(len(idx), device=device).tensor_split(env.world_size)[env.rank]
-            w = len(part) / len(idx) * env.world_size
-            if len(part) == 0: part, w = torch.arange(min(2, len(idx)), device=device), 0.0   # nothing here: join the all-reduce with weight 0
-            with autocast(device): loss = F.cross_entropy(ddp(xb[part]), y_all[idx][part], label_smoothing=recipe.label_smoothing)
-            opt.zero_grad(set_to_none=True); (loss * w).backward(); opt.step(); sched.step()
-    for b in model.buffers(): dist.broadcast(b, 0)                                   # rank 0's running statistics everywhere
-    secs = time.perf_counter() - t0
-    meta = ExpertMeta(arch=model.cvdd_spec, dataset=info.name, class_names=list(info.class_names), in_chans=info.channels,
-                      img_size=list(info.img_size), mean=list(info.mean), std=list(info.std),
-                      recipe=dict(recipe.to_dict(), pad=pad, flip=flip, ddp_world_size=env.world_size),
-                      seed=seed, versions=versions(), params=count_params(model), seconds=round(secs, 2))
-    meta.train_acc = evaluate_model(model, data.train, info, device=device)
-    meta.test_acc = evaluate_model(model, data.test, info, device=device)
-    return Expert(model.cpu(), meta, name=name)
+    return train_expert(arch, data, recipe, width, seed, device or env.device, name, arch_kw, quiet or not env.main,
+                        step_class=functools.partial(DDPExpertStep, env))
 
 # %% ../nbs/09_distributed.ipynb #d98f666a
-def _check_run(pool:ExpertPool, data:Data, rcfg:RecoverConfig, epochs:int=2)->dict:
+def check_run(pool:ExpertPool, data:Data, rcfg:RecoverConfig, epochs:int=2)->dict:
     "Distributed recover (two ways), relabel and student on this group; the results to compare with one process."
     env = init_distributed()
     seq = distributed_recover(pool, data, rcfg, quiet=True, env=env)
@@ -284,7 +226,7 @@ def _check_run(pool:ExpertPool, data:Data, rcfg:RecoverConfig, epochs:int=2)->di
     return dict(seq=seq.images, mix=mix.images, ce=seq.ce, store=st.t, student=stu.model.state_dict(), acc=stu.acc, loss=[h['loss'] for h in stu.history])
 
 # %% ../nbs/09_distributed.ipynb #ed92210c
-def _check_expert(data:Data, epochs:int=3)->dict:
+def check_expert(data:Data, epochs:int=3)->dict:
     e = ddp_train_expert('convnet', data, dict(epochs=epochs), width=0.25, seed=0, quiet=True)
     return dict(acc=e.meta.test_acc, sd=e.model.state_dict())
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 from safetensors.torch import load as st_load, save as st_save
 
-from .core import CVDDError, Config, atomic_write, autocast, get_device, load_json, progress, save_json, set_seed, tally, versions
+from .core import CVDDError, Config, atomic_write, autocast, get_device, load_json, progress, resolve_auto, save_json, set_seed, tally, versions
 from .data import Data, DatasetInfo, Split, class_counts, denormalize, normalize, per_class_subset
 from .models import create_model
 from .experts import evaluate_model
@@ -25,8 +25,8 @@ from .relabel import (STORE_JSON, Augmenter, LabelStore, OnlineLabeler, RelabelC
 
 # %% auto #0
 __all__ = ['DDRANKING_CALL', 'kd_loss', 'mixed_ce', 'param_groups', 'smoothed_cosine', 'EvalConfig', 'as_eval_config',
-           'StudentRun', 'student_epoch', 'train_student', 'EvalResult', 'evaluate_set', 'ResultsTable', 'DistilledSet',
-           'DistilledDataset', 'baseline_sets', 'compare', 'distill_priors']
+           'StudentRun', 'StudentStep', 'student_epoch', 'train_student', 'EvalResult', 'evaluate_set', 'ResultsTable',
+           'DistilledSet', 'DistilledDataset', 'baseline_sets', 'compare', 'distill_priors']
 
 # %% ../nbs/06_evaluate.ipynb #1f9aae10
 def kd_loss(student_logits:torch.Tensor,   # (n, K)
@@ -79,9 +79,8 @@ class EvalConfig(Config):
         if self.channels_last not in ('auto', 'yes', 'no'): raise CVDDError(f'channels_last must be auto, yes or no, got {self.channels_last!r}', "use 'auto'")
 
 def as_eval_config(config:EvalConfig|dict|None=None, **kw)->EvalConfig:
-    "An `EvalConfig` from a config, a dict or nothing, with `kw` overriding."
-    cfg = config if isinstance(config, EvalConfig) else EvalConfig.from_dict(config)
-    return cfg.replace(**kw) if kw else cfg
+    "An `EvalConfig` from a config, a dict or nothing, with `kw` overriding (`Config.coerce`)."
+    return EvalConfig.coerce(config, **kw)
 
 # %% ../nbs/06_evaluate.ipynb #42359bc9
 @dataclasses.dataclass(repr=False)
@@ -93,20 +92,31 @@ class StudentRun:
     seconds:float
     def __repr__(self): return f'StudentRun(acc={self.acc}, epochs={len(self.history)}, final loss {self.history[-1]["loss"]:.4f}, {self.seconds:.1f} s)'
 
+# %% ../nbs/06_evaluate.ipynb #f8c6833e
 def _student(cfg:EvalConfig, info:DatasetInfo)->nn.Module:
     return create_model(cfg.student, info.num_classes, in_chans=info.channels, img_size=info.img_size[0], width=cfg.width, **cfg.student_kw)
 
-def _step(model, opt, x, z, y, y2, lam, cfg, hard, device):
-    "One optimiser step on a batch run as micro-batches; the batch's summed loss."
-    opt.zero_grad(set_to_none=True); n, start, total = len(x), 0, 0.0
-    for m in split_sizes(n, cfg.micro_batch):
-        sl = slice(start, start + m); start += m
-        with autocast(device): s = model(x[sl])
-        loss = mixed_ce(s.float(), y[sl], y2[sl], lam) if hard else kd_loss(s.float(), z[sl], cfg.temperature)
-        (loss * (m / n)).backward(); total = total + loss.detach() * m
-    opt.step()
-    return total
+class StudentStep:
+    "One optimiser step on a batch run as micro-batches, in this process; `distributed.DDPStudentStep` shares the micro-batches."
+    def __init__(self, model:nn.Module, opt, cfg:EvalConfig, hard:bool, device:torch.device):
+        self.model, self.opt, self.cfg, self.hard, self.device = model, opt, cfg, hard, device
 
+    def loss(self, net:nn.Module, x, z, y, y2, lam)->torch.Tensor:
+        "The loss of `net` on one micro-batch: KD on the soft labels `z`, or mixed cross-entropy on the classes."
+        with autocast(self.device): s = net(x)
+        return mixed_ce(s.float(), y, y2, lam) if self.hard else kd_loss(s.float(), z, self.cfg.temperature)
+
+    def __call__(self, x, z, y, y2, lam)->torch.Tensor:
+        "Step on the batch; its summed loss."
+        self.opt.zero_grad(set_to_none=True); n, start, total = len(x), 0, 0.0
+        for m in split_sizes(n, self.cfg.micro_batch):
+            sl = slice(start, start + m); start += m
+            loss = self.loss(self.model, x[sl], None if z is None else z[sl], y[sl], y2[sl], lam)
+            (loss * (m / n)).backward(); total = total + loss.detach() * m
+        self.opt.step()
+        return total
+
+# %% ../nbs/06_evaluate.ipynb #9f8d1ee5
 def student_epoch(model:nn.Module, opt, source,     # the student, its optimiser, the label source (replays the views)
                   x_all:torch.Tensor, y_all:torch.Tensor,   # all images and classes, on the device
                   epoch:int, cfg:EvalConfig, hard:bool,
@@ -126,6 +136,7 @@ def student_epoch(model:nn.Module, opt, source,     # the student, its optimiser
         rec['acc'] = evaluate_model(model, test, info, cfg.eval_batch, device)
     return rec
 
+# %% ../nbs/06_evaluate.ipynb #b8cc2be3
 def _student_key(cfg:EvalConfig, seed:int, images, labels, hard:bool)->dict:
     "What a student checkpoint belongs to."
     return dict(config=json.dumps(cfg.to_dict(), sort_keys=True), seed=str(seed), hard=str(hard), images=images_fingerprint(images),
@@ -151,6 +162,7 @@ def _resume_student(path, key:dict|None, model:nn.Module, opt)->tuple:
     model.load_state_dict(ck['model']); opt.load_state_dict(ck['opt']); torch.set_rng_state(ck['rng'])
     return len(ck['hist']), list(ck['hist']), float(ck['seconds'])
 
+# %% ../nbs/06_evaluate.ipynb #e3fe60e1
 def train_student(images:torch.Tensor,       # normalised float images (N, C, H, W)
                   labels:torch.Tensor,       # their classes (N,) (used for hard labels and checks)
                   info:DatasetInfo,
@@ -160,21 +172,22 @@ def train_student(images:torch.Tensor,       # normalised float images (N, C, H,
                   test:Split|None=None,      # real test split to score the final student on
                   hard:bool=False,           # cross-entropy on the hard labels instead of KD
                   device=None, quiet:bool=True,
-                  checkpoint:str|Path|None=None)->StudentRun:  # a file to checkpoint every epoch into, and to resume from
+                  checkpoint:str|Path|None=None,  # a file to checkpoint every epoch into, and to resume from
+                  step_class=StudentStep)->StudentRun:  # makes the optimiser step (`distributed`: DDP)
     "Train a fresh student on the views and labels of `source`; report its final-epoch test accuracy."
     cfg = as_eval_config(config); check_images(images, labels, info)
     if source.epochs is not None and source.epochs < cfg.epochs:
         raise CVDDError(f'the label source holds {source.epochs} epochs, the student trains {cfg.epochs}', f'relabel with epochs >= {cfg.epochs}, or train fewer epochs')
     if isinstance(source, LabelStore): source.check(images)
     device = get_device(device); set_seed(seed)
-    cl = device.type == 'cuda' if cfg.channels_last == 'auto' else cfg.channels_last == 'yes'
+    cl = resolve_auto(cfg.channels_last, 'channels_last', device.type == 'cuda')
     model = _student(cfg, info).to(device, memory_format=torch.channels_last if cl else torch.preserve_format)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
     x_all, y_all, hist, t0 = images.detach().to(device), labels.to(device), [], time.perf_counter()
     key = _student_key(cfg, seed, images, labels, hard) if checkpoint is not None else None
     first, hist, before = _resume_student(checkpoint, key, model, opt)
     t0 -= before
-    step = lambda x, z, y, yb, lam: _step(model, opt, x, z, y, yb, lam, cfg, hard, device)
+    step = step_class(model, opt, cfg, hard, device)
     for e in progress(range(first, cfg.epochs), desc=f'student {cfg.student}', disable=quiet or None, initial=first, total=cfg.epochs):
         hist.append(student_epoch(model, opt, source, x_all, y_all, e, cfg, hard, step, cl, test, info)); tally('student_epochs')
         if checkpoint is not None: _save_student(checkpoint, key, model, opt, hist, time.perf_counter() - t0)

@@ -15,13 +15,15 @@ from safetensors.torch import save as st_save
 
 import cvdd_nb
 
-from .core import CVDDError, Config, FolderLock, atomic_write, check_choice, get_device, load_json, progress, save_json, set_seed, make_generator, tally, versions, autocast
+from .core import (CVDDError, Config, FolderLock, atomic_write, autocast, check_choice, get_device, load_json, make_generator,
+                          progress, resolve_auto, save_json, set_seed, tally, versions)
 from .data import Data, DatasetInfo, Split, normalize, load_dataset, holdout_split
 from .models import bn_layers, count_params, create_model, has_batchnorm, read_state_dict
 
 # %% auto #0
-__all__ = ['NO_FLIP', 'ZOO_ENV', 'default_flip', 'random_crop_flip', 'evaluate_model', 'ExpertMeta', 'Expert', 'ExpertRecipe',
-           'round_half', 'train_expert', 'ExpertPool', 'zoo_root', 'resolve_pool', 'train_pool']
+__all__ = ['NO_FLIP', 'ZOO_ENV', 'default_flip', 'resolve_flip', 'random_crop_flip', 'evaluate_model', 'ExpertMeta', 'Expert',
+           'ExpertRecipe', 'round_half', 'ExpertStep', 'train_expert', 'ExpertPool', 'zoo_root', 'resolve_pool',
+           'train_pool']
 
 # %% ../nbs/03_experts.ipynb #51009fb1
 NO_FLIP = ('digits', 'mnist')
@@ -30,6 +32,11 @@ def default_flip(dataset:str)->bool:
     "Whether horizontal flips preserve the labels of `dataset` (not for digits)."
     return dataset not in NO_FLIP
 
+def resolve_flip(flip:str, dataset:str)->bool:
+    "Whether to flip: 'yes' / 'no', or 'auto' = the dataset's default (off for digits)."
+    return resolve_auto(flip, 'flip', default_flip(dataset))
+
+# %% ../nbs/03_experts.ipynb #30c6a172
 def random_crop_flip(x:torch.Tensor,           # float images (N, C, H, W)
                      pad:int,                  # zero padding before cropping back to H x W
                      flip:bool,                # also flip half of the images horizontally
@@ -169,15 +176,31 @@ def round_half(model:nn.Module)->nn.Module:
     return model
 
 # %% ../nbs/03_experts.ipynb #937bd955
-def _train_epoch(model, opt, sched, x_all, y_all, info, recipe, pad, flip, g, device):
+class ExpertStep:
+    "One optimiser step of an expert on a batch, in this process; `distributed.DDPExpertStep` shares each batch among processes."
+    record:dict = {}                                     # what the expert's recipe records about the sharing
+    def __init__(self, model:nn.Module, opt, sched, recipe:ExpertRecipe, device:torch.device):
+        self.model, self.opt, self.sched, self.recipe, self.device = model, opt, sched, recipe, device
+
+    def loss(self, net:nn.Module, xb:torch.Tensor, yb:torch.Tensor)->torch.Tensor:
+        "The recipe's loss of `net` on a batch (its precision, its label smoothing)."
+        with _amp(self.device, self.recipe.amp): return F.cross_entropy(net(xb).float(), yb, label_smoothing=self.recipe.label_smoothing)
+
+    def __call__(self, xb:torch.Tensor, yb:torch.Tensor):
+        loss = self.loss(self.model, xb, yb)
+        self.opt.zero_grad(set_to_none=True); loss.backward(); self.opt.step(); self.sched.step()
+
+    def finish(self): pass                               # after the last epoch (DDP: one set of BN statistics everywhere)
+
+# %% ../nbs/03_experts.ipynb #48438548
+def _train_epoch(step:ExpertStep, x_all, y_all, info, recipe, pad, flip, g, device):
     "One pass over the training images in random batches."
     n, bs = len(y_all), min(recipe.batch_size, len(y_all))
     for idx in torch.randperm(n, generator=g).split(bs):
         idx = idx.to(device)
         xb = normalize(random_crop_flip(x_all[idx], pad, flip, g), info)
         if recipe.channels_last: xb = xb.contiguous(memory_format=torch.channels_last)
-        with _amp(device, recipe.amp): loss = F.cross_entropy(model(xb).float(), y_all[idx], label_smoothing=recipe.label_smoothing)
-        opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
+        step(xb, y_all[idx])
 
 # %% ../nbs/03_experts.ipynb #07165166
 def _as_expert(model, data:Data, recipe:dict, seed:int, name, epochs:int, seconds:float, device,
@@ -209,31 +232,34 @@ def train_expert(arch:str,                      # a `create_model` name, e.g. 'r
                  snapshots:tuple=(),            # epochs after which a measured copy is kept in `expert.snapshots`
                  valid:Split|None=None,         # a validation hold-out whose accuracy is recorded
                  half:bool=False,               # measure (and later store) the weights rounded to float16
-                 stop_after:int|None=None)->Expert|None:  # stop after this many epochs of this call (None: when done)
+                 stop_after:int|None=None,     # stop after this many epochs of this call (None: when done)
+                 step_class=ExpertStep)->Expert|None:   # makes the optimiser step (`distributed`: DDP)
     "Train one expert on `data` with `recipe` (resuming from `ckpt`); return it with its accuracies (None if stopped early)."
-    recipe = recipe if isinstance(recipe, ExpertRecipe) else ExpertRecipe.from_dict(recipe)
+    recipe = ExpertRecipe.coerce(recipe)
     if recipe.epochs < 1: raise CVDDError(f'epochs must be >= 1, got {recipe.epochs}', 'set epochs to 1 or more')
     info, device = data.info, get_device(device)
     set_seed(seed); g = make_generator(seed)
     model = create_model(arch, info.num_classes, in_chans=info.channels, img_size=info.img_size[0], width=width, **(arch_kw or {})).to(device)
     if recipe.channels_last: model = model.to(memory_format=torch.channels_last)
     pad = recipe.pad if recipe.pad >= 0 else max(1, round(info.img_size[0] / 8))
-    flip = default_flip(info.name) if recipe.flip == 'auto' else recipe.flip == 'yes'
+    flip = resolve_flip(recipe.flip, info.name)
     opt, sched = _optimizer(model, recipe, recipe.epochs * math.ceil(len(data.train) / min(recipe.batch_size, len(data.train))))
+    step = step_class(model, opt, sched, recipe, device)
     rec = dict(recipe.to_dict(), pad=pad, flip=flip, schedule='cosine per step to 0, no warm-up', augment='random crop after zero padding'
-               + (' + horizontal flip' if flip else ''), loss='cross-entropy')
+               + (' + horizontal flip' if flip else ''), loss='cross-entropy', **step.record)
     key, ckpt = dict(arch=model.cvdd_spec, recipe=rec, seed=seed, n_train=len(data.train)), Path(ckpt) if ckpt else None
     done, secs = _load_progress(ckpt/'progress.pt', model, opt, sched, g, key) if ckpt else (0, 0.0)
     x_all = data.train.x.to(device).float().div_(255); y_all = data.train.y.to(device)
     snaps, model = {}, model.train()
     for ep in progress(range(done, recipe.epochs), desc=f'train {name or arch}', disable=quiet or None):
-        t0 = time.perf_counter(); _train_epoch(model, opt, sched, x_all, y_all, info, recipe, pad, flip, g, device)
+        t0 = time.perf_counter(); _train_epoch(step, x_all, y_all, info, recipe, pad, flip, g, device)
         secs += time.perf_counter() - t0; tally('expert_epochs')
         if ep + 1 in snapshots and ep + 1 < recipe.epochs:
             snaps[ep + 1] = _as_expert(model.eval(), data, rec, seed, name, ep + 1, secs, device, valid, half, train_acc=False); model.train()
             if ckpt: snaps[ep + 1].save(ckpt/f'e{ep + 1}')
         if ckpt: _save_progress(ckpt/'progress.pt', model, opt, sched, g, ep + 1, secs, key)
         if stop_after is not None and ep + 1 - done >= stop_after and ep + 1 < recipe.epochs: return None
+    step.finish()
     expert = _as_expert(model.eval(), data, rec, seed, name, recipe.epochs, secs, device, valid, half)
     expert.epochs_run = recipe.epochs - done          # what this call trained (the rest came from the checkpoint)
     expert.snapshots = {k: snaps.get(k) or Expert.load(ckpt/f'e{k}') for k in snapshots if k < recipe.epochs}

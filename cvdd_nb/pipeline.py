@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from .core import CVDDError, Config, RunDir, atomic_write, check_choice, get_device, load_json, make_generator, save_json, set_seed
+from .core import (CVDDError, Config, RunDir, atomic_write, check_choice, get_device, load_json, make_generator, parse_arch_spec,
+                          save_json, set_seed)
 from .data import Data, class_counts, list_datasets, load_dataset, holdout_split, per_class_indices, per_class_subset
 from .models import list_models
 from .experts import ExpertPool, ExpertRecipe, resolve_pool, train_pool
@@ -106,7 +107,7 @@ class RunConfig(Config):
         for m in ev.methods: check_choice('method', m, METHODS)
         if not ev.seeds: raise CVDDError('[evaluate] seeds is empty', 'give at least one seed, e.g. seeds = [0, 1, 2]')
         for a in ex.archs:
-            arch = a.rpartition('=')[2].partition(':')[0]
+            arch = parse_arch_spec(a)[1]
             if not arch.startswith(('timm:', 'tv:')): check_choice('model', arch, list_models())
         rc = RecoverConfig.from_dict(dict(self.recover, ipc=self.ipc, seed=self.seed, device=self.device))
         students = [EvalConfig.from_dict(s) for s in (ev.student, *ev.students)]
@@ -229,7 +230,7 @@ def stage_experts(rd:RunDir, cfg:RunConfig, data:Data, quiet:bool=True)->ExpertP
             pool = ExpertPool.load(pool_dir(rd.path, ex.pool)); st['outputs'] = [str(ex.pool)]
             check_holdout(pool, cfg)
         else:
-            archs = [(a.rpartition('=')[0] or a.partition(':')[0], *_arch_width(a)) for a in ex.archs]
+            archs = [parse_arch_spec(a) for a in ex.archs]
             tdata = dataclasses.replace(data, train=per_class_subset(data.train, ex.train_per_class, cfg.seed, data.info.num_classes)) if ex.train_per_class else data
             pool = train_pool(archs, tdata, rd/'experts', ExpertRecipe(epochs=ex.epochs, batch_size=ex.batch_size), seed=cfg.seed,
                               device=None if cfg.device == 'auto' else cfg.device, quiet=quiet)
@@ -237,10 +238,6 @@ def stage_experts(rd:RunDir, cfg:RunConfig, data:Data, quiet:bool=True)->ExpertP
         pool.check(data.info, ex.min_margin)
         st.update(table=pool.table(), peak_rss_mb=round(_rss_mb(), 1))
     return pool
-
-def _arch_width(a:str)->tuple:
-    arch, _, w = a.rpartition('=')[2].partition(':')
-    return arch, float(w) if w else 1.0
 
 # %% ../nbs/08_pipeline.ipynb #9cc9b403
 def _distill_priors(rd:RunDir, cfg:RunConfig, data:Data, pool:ExpertPool, quiet:bool=True)->list:

@@ -123,7 +123,7 @@ def train_hard(images:torch.Tensor,        # normalised images (N, C, H, W)
                test:Split|None=None,       # the real test split scored after the last pass
                device=None, quiet:bool=True)->StudentRun:
     "Train a fresh student on hard labels with the DC/DSA/MTT protocol; its final test accuracy."
-    cfg = config if isinstance(config, HardProtocol) else HardProtocol.from_dict(config)
+    cfg = HardProtocol.coerce(config)
     if len(images) != len(labels) or len(images) == 0: raise CVDDError(f'{len(images)} images but {len(labels)} labels', 'pass one label per image')
     device = get_device(device); set_seed(seed); g = make_generator(seed)
     model = create_model(cfg.student, info.num_classes, in_chans=info.channels, img_size=info.img_size[0], width=cfg.width).to(device)
@@ -149,7 +149,7 @@ def evaluate_hard(images:torch.Tensor, labels:torch.Tensor, info:DatasetInfo,
                   out:str|Path|None=None,        # folder of finished seeds (a rerun skips them)
                   device=None, quiet:bool=True)->EvalResult:
     "Train one hard-label student per seed with the DC/DSA/MTT protocol; their final accuracies as a table row."
-    cfg = config if isinstance(config, HardProtocol) else HardProtocol.from_dict(config)
+    cfg = HardProtocol.coerce(config)
     key = dict(config=cfg.to_dict(), images=images_fingerprint(images), labels=images_fingerprint(labels.float()), test=len(test))
     runs = []
     for s in seeds:

@@ -15,20 +15,21 @@ from safetensors import safe_open
 from fastcore.basics import patch
 from safetensors.torch import load as st_load, save as st_save
 
-from .core import CVDDError, Config, atomic_write, autocast, check_choice, get_device, load_json, make_generator, progress, save_json, tally, versions
+from .core import (YES_NO_AUTO, CVDDError, Config, Share, atomic_write, autocast, check_choice, get_device, load_json, make_generator,
+                          progress, resolve_auto, save_json, tally, versions)
 from .data import Data, DatasetInfo, class_counts, denormalize, normalize, per_class_subset, pixel_bounds
 from .models import bn_layers
-from .experts import ExpertPool, default_flip, evaluate_model
+from .experts import ExpertPool, evaluate_model, resolve_flip
 from .folders import write_image_folder
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'VOTERS', 'PRIOR_MODES', 'INITS', 'BANDS', 'AUGMENTS', 'BN_NORMS', 'FLIPS', 'LAYOUTS', 'MAX_BAD_STEPS',
-           'RecoverConfig', 'resolve_roll', 'resolve_flip', 'seg_stats', 'BNStats', 'committee_loss', 'compute_priors',
-           'vote_weights', 'committee_weights', 'committee_schedule', 'unit_seed', 'committee_plan', 'votes_markdown',
-           'crop_boxes', 'resized_crop', 'roll_each', 'AugParams', 'crop_scale', 'draw_augment', 'apply_augment',
-           'augment_batch', 'init_patches', 'init_bank', 'unit_start', 'cosine_lr', 'adam_step', 'all_finite',
-           'guarded_update', 'Unit', 'plan_units', 'plan_groups', 'StepState', 'StopRecover', 'History', 'to_png',
-           'image_grid', 'Recovered', 'recover', 'initial_images', 'mixed_committee_loss']
+__all__ = ['SCHEDULES', 'VOTERS', 'PRIOR_MODES', 'INITS', 'BANDS', 'AUGMENTS', 'BN_NORMS', 'MAX_BAD_STEPS', 'RecoverConfig',
+           'resolve_roll', 'seg_stats', 'BNStats', 'committee_loss', 'compute_priors', 'vote_weights',
+           'committee_weights', 'committee_schedule', 'unit_seed', 'committee_plan', 'votes_markdown', 'crop_boxes',
+           'resized_crop', 'roll_each', 'AugParams', 'crop_scale', 'draw_augment', 'apply_augment', 'augment_batch',
+           'init_patches', 'init_bank', 'unit_start', 'cosine_lr', 'adam_step', 'all_finite', 'guarded_update', 'Unit',
+           'plan_units', 'plan_groups', 'StepState', 'StopRecover', 'History', 'to_png', 'image_grid', 'Recovered',
+           'recover', 'initial_images', 'mixed_committee_loss']
 
 # %% ../nbs/04_recover.ipynb #3921aef5
 SCHEDULES = ('pairs', 'random', 'fixed', 'top')
@@ -38,8 +39,6 @@ INITS = ('noise', 'real', 'patches')
 BANDS = ('easy', 'medium', 'hard')
 AUGMENTS = ('shared', 'per_sample')
 BN_NORMS = ('none', 'layers')
-FLIPS = ('auto', 'yes', 'no')
-LAYOUTS = ('auto', 'yes', 'no')
 
 # %% ../nbs/04_recover.ipynb #1674fb30
 @dataclasses.dataclass
@@ -86,7 +85,7 @@ class RecoverConfig(Config):
     def __post_init__(self):
         for kind, v, valid in (('schedule', self.schedule, SCHEDULES), ('voter', self.voter, VOTERS), ('prior mode', self.prior, PRIOR_MODES),
                                ('init', self.init, INITS), ('patch band', self.patch_band, BANDS), ('augment', self.augment, AUGMENTS),
-                               ('bn_norm', self.bn_norm, BN_NORMS), ('flip', self.flip, FLIPS), ('channels_last', self.channels_last, LAYOUTS)):
+                               ('bn_norm', self.bn_norm, BN_NORMS), ('flip', self.flip, YES_NO_AUTO), ('channels_last', self.channels_last, YES_NO_AUTO)):
             check_choice(kind, v, valid)
         for k in ('ipc', 'iterations', 'committee_size', 'patch_crops', 'mipc', 'checkpoint_every', 'callback_every'):
             v = getattr(self, k)
@@ -104,10 +103,6 @@ def resolve_roll(roll:int, side:int)->int:
     "The roll in pixels: `roll` if >= 0, else 32 above 64 px, else min(4, max(1, side // 8))."
     if roll >= 0: return roll
     return 32 if side > 64 else min(4, max(1, side // 8))
-
-def resolve_flip(flip:str, dataset:str)->bool:
-    "Whether to flip: 'yes' / 'no', or 'auto' = the dataset's default (off for digits)."
-    return default_flip(dataset) if check_choice('flip', flip, FLIPS) == 'auto' else flip == 'yes'
 
 # %% ../nbs/04_recover.ipynb #ec49b757
 class _SegStats(torch.autograd.Function):
@@ -677,19 +672,22 @@ def _fingerprint(cfg:RecoverConfig, pool:ExpertPool, priors:list, info:DatasetIn
 # %% ../nbs/04_recover.ipynb #1467b04c
 class _Run:
     "One recover run (see `recover`)."
-    def __init__(self, pool, data, cfg, out, callbacks, priors, stop_after, quiet):
+    def __init__(self, pool, data, cfg, out, callbacks, priors, stop_after, quiet, share:Share|None=None):
         self.pool, self.data, self.info, self.cfg, self.callbacks, self.priors = pool, data, data.info, cfg, list(callbacks), priors
-        self.out, self.stop_after, self.quiet, self.steps = (Path(out) if out is not None else None), stop_after, quiet, 0
+        self.share = share or Share()
+        self.out, self.stop_after, self.steps = (Path(out) if out is not None else None), stop_after, 0
+        self.quiet = quiet or not self.share.main
         self.device = get_device(None if cfg.device == 'auto' else cfg.device)
         self.lo, self.hi = pixel_bounds(self.info, self.device)
         self.roll, self.flip = resolve_roll(cfg.roll, min(self.info.img_size)), resolve_flip(cfg.flip, self.info.name)
         self.plan = committee_plan(pool, cfg, priors)
         self.units = plan_units(self.plan, self.info.num_classes, cfg.classes_per_chunk)
         self.groups = plan_groups(self.units, cfg.grouped, cfg.max_group, cfg.mix_committees)
-        self.cl = self.device.type == 'cuda' if cfg.channels_last == 'auto' else cfg.channels_last == 'yes'
+        self.cl = resolve_auto(cfg.channels_last, 'channels_last', self.device.type == 'cuda')
         self.fp = _fingerprint(cfg, pool, priors, self.info)
         self.ck = self.out/'checkpoint' if self.out is not None else None
-        self._compiled, self.progress_file = {}, 'progress.safetensors'     # (each process of a distributed run keeps its own)
+        self._compiled = {}
+        self.progress_file = f'progress.rank{self.share.rank}.safetensors' if self.share.active else 'progress.safetensors'  # one per process
         self.lr_scale, self.bad, self.skipped = 1.0, 0, False              # non-finite steps (see `nonfinite`)
 
     def net(self, i:int)->nn.Module:
@@ -857,28 +855,36 @@ def _assemble(self:_Run, done:dict, seconds:float)->Recovered:
     return Recovered(images, torch.arange(K).repeat_interleave(ipc), committee, weights, ce, bn, self.info, self.cfg.to_dict(),
                      self.priors, self.pool.names, round(seconds, 3), versions())
 
+def _open_checkpoints(self:_Run):
+    "Check that the checkpoint folder belongs to this run, or claim it."
+    if (self.ck/'run.json').exists(): self.check_same(load_json(self.ck/'run.json').get('fingerprint'), self.ck/'run.json')
+    else: save_json(self.ck/'run.json', dict(fingerprint=self.fp))
+
 def _call(self:_Run)->Recovered:
-    "Run (or resume, or just load) the whole recover stage."
-    t0 = time.perf_counter()
+    "Run (or resume, or just load) the whole recover stage: this process's groups, then every process's results gathered."
+    t0, share = time.perf_counter(), self.share
     if self.out is not None and (self.out/'recovered.json').exists():
         self.check_same(load_json(self.out/'recovered.json').get('fingerprint'), self.out/'recovered.json')
         return Recovered.load(self.out)
-    if self.ck is not None:
-        if (self.ck/'run.json').exists(): self.check_same(load_json(self.ck/'run.json').get('fingerprint'), self.ck/'run.json')
-        else: save_json(self.ck/'run.json', dict(fingerprint=self.fp))
-    done = self.load_done()
-    todo = [(gi, g) for gi, g in enumerate(self.groups) if not all(u.key in done for u in g)]
+    if self.ck is not None: share.main_first(self.open_checkpoints)
+    done, mine = self.load_done(), share.mine(len(self.groups))
+    todo = [(gi, self.groups[gi]) for gi in mine if not all(u.key in done for u in self.groups[gi])]
     if self.ck is not None and (self.ck/self.progress_file).exists():    # the group in progress first: others would overwrite its file
         todo.sort(key=lambda t: str(t[0]) != self.progress_group())      # (units are independent: the order changes no bit)
-    self.total, self.done = self.cfg.iterations * len(self.groups), self.cfg.iterations * (len(self.groups) - len(todo))
+    self.total, self.done = self.cfg.iterations * len(mine), self.cfg.iterations * (len(mine) - len(todo))
     used = sorted({i for u in self.units for i in u.members})
-    with _Placed([self.pool[i].model for i in used], self.device, self.cl), progress(total=self.total, initial=self.done, desc='recover', disable=True if self.quiet else None) as self.bar:
-        bank = init_bank(self.cfg, self.data, self.pool, self.device) if todo else None
+    desc = f'recover (rank {share.rank})' if share.active else 'recover'
+    with _Placed([self.pool[i].model for i in used], self.device, self.cl), progress(total=self.total, initial=self.done, desc=desc, disable=True if self.quiet else None) as self.bar:
+        need_bank = any(share.gather(bool(todo)))
+        bank = share.broadcast(init_bank(self.cfg, self.data, self.pool, self.device) if need_bank and share.main else None)
         for gi, g in todo: done.update(self.run_group(gi, g, bank))
+    for part in share.gather({u.key: done[u.key] for gi in mine for u in self.groups[gi]}): done.update(part)
     rec = self.assemble(done, time.perf_counter() - t0)
     if self.out is not None:
-        rec.save(self.out, extra=dict(fingerprint=self.fp))
-        shutil.rmtree(self.ck, ignore_errors=True)
+        if share.main:
+            rec.save(self.out, extra=dict(fingerprint=self.fp))
+            shutil.rmtree(self.ck, ignore_errors=True)
+        share.barrier()
     return rec
 
 def _check_same(self:_Run, fp:dict|None, where:Path):
@@ -888,7 +894,7 @@ def _check_same(self:_Run, fp:dict|None, where:Path):
         raise CVDDError(f'{where.parent} holds another recover run (differs in: {", ".join(diff + other) or "unknown"})',
                         'use a new output folder, or delete that one to start over')
 
-_Run.assemble, _Run.__call__, _Run.check_same = _assemble, _call, _check_same
+_Run.assemble, _Run.open_checkpoints, _Run.__call__, _Run.check_same = _assemble, _open_checkpoints, _call, _check_same
 
 # %% ../nbs/04_recover.ipynb #1e4bd680
 def recover(pool:ExpertPool,            # the experts (checked against `data`)
@@ -899,22 +905,21 @@ def recover(pool:ExpertPool,            # the experts (checked against `data`)
             priors:list|None=None,      # one prior per pool expert (overrides config.prior)
             stop_after:int|None=None,   # stop (and checkpoint) after this many steps of this call
             quiet:bool=False,           # no progress bar
+            share:Share|None=None,      # the processes sharing the work units (default: this one alone; see `distributed`)
             **kw)->Recovered|None:      # config overrides, e.g. ipc=10
     "Synthesise `ipc` images per class by committee voting; None if stopped early (rerun to resume)."
-    cfg = config if isinstance(config, RecoverConfig) else RecoverConfig.from_dict(config)
-    if kw: cfg = cfg.replace(**kw)
+    cfg = RecoverConfig.coerce(config, **kw)
     pool.check(data.info)
     priors = [float(p) for p in priors] if priors is not None else compute_priors(pool, cfg.prior, cfg.prior_values, data)
     if len(priors) != len(pool): raise CVDDError(f'{len(priors)} priors for {len(pool)} experts', 'give one prior per expert')
     if not all(math.isfinite(p) for p in priors): raise CVDDError(f'priors must be finite numbers, got {priors}', 'pass finite priors (e.g. the experts\' accuracies)')
-    try: return _Run(pool, data, cfg, out, callbacks, priors, stop_after, quiet)()
+    try: return _Run(pool, data, cfg, out, callbacks, priors, stop_after, quiet, share)()
     except StopRecover: return None
 
 # %% ../nbs/04_recover.ipynb #51ca4122
 def initial_images(pool:ExpertPool, data:Data, config:RecoverConfig|dict|None=None, **kw)->torch.Tensor:
     "The starting images of a run, class-major like `Recovered.images`."
-    cfg = config if isinstance(config, RecoverConfig) else RecoverConfig.from_dict(config)
-    cfg = cfg.replace(**kw) if kw else cfg
+    cfg = RecoverConfig.coerce(config, **kw)
     run = _Run(pool, data, cfg.replace(device='cpu'), None, (), [1.0] * len(pool), None, True)
     bank, K = init_bank(cfg, data, pool), data.info.num_classes
     out = torch.empty(K * cfg.ipc, data.info.channels, *data.info.img_size)

@@ -15,21 +15,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load as st_load, save as st_save
 
-from .core import CVDDError, Config, atomic_write, autocast, check_choice, get_device, load_json, progress, save_json, tally, versions
+from .core import (YES_NO_AUTO, CVDDError, Config, Share, atomic_write, autocast, check_choice, get_device, load_json, progress,
+                          resolve_auto, save_json, tally, versions)
 from .data import DatasetInfo
-from .experts import Expert, ExpertPool, default_flip
+from .experts import Expert, ExpertPool, resolve_flip
 
 # %% auto #0
-__all__ = ['MIXES', 'MODES', 'FLIPS', 'ORDERS', 'STORE_FILE', 'STORE_JSON', 'PARTIAL', 'RelabelConfig', 'as_relabel_config',
+__all__ = ['MIXES', 'MODES', 'ORDERS', 'STORE_FILE', 'STORE_JSON', 'PARTIAL', 'RelabelConfig', 'as_relabel_config',
            'check_images', 'label_weights', 'bssl_mode', 'split_sizes', 'teacher_logits', 'Committee', 'make_committee',
            'epoch_order', 'batch_bounds', 'crop_params', 'cutmix_box', 'sampler_order', 'BatchAug', 'draw_batch',
-           'crop_flip', 'apply_aug', 'compress_logits', 'expand_logits', 'LabelBatch', 'resolve_flip', 'Augmenter',
-           'OnlineLabeler', 'images_fingerprint', 'LabelStore', 'relabel', 'store_bytes', 'label_source']
+           'crop_flip', 'apply_aug', 'compress_logits', 'expand_logits', 'LabelBatch', 'Augmenter', 'OnlineLabeler',
+           'images_fingerprint', 'LabelStore', 'relabel', 'store_bytes', 'label_source']
 
 # %% ../nbs/05_relabel.ipynb #12d4a903
 MIXES = ('cutmix', 'mixup', 'none')
 MODES = ('stored', 'online')
-FLIPS = ('auto', 'yes', 'no')
 ORDERS = ('cvdd', 'torch')   # image orders of the replay: ours, or the reference's loader's (see `sampler_order`)
 
 @dataclasses.dataclass
@@ -50,8 +50,8 @@ class RelabelConfig(Config):
     channels_last:str = 'auto'   # teachers in channels-last memory: 'auto' (on CUDA), 'yes' (faster on CPUs too), 'no'
 
     def __post_init__(self):
-        check_choice('mix', self.mix, MIXES); check_choice('mode', self.mode, MODES); check_choice('flip', self.flip, FLIPS)
-        check_choice('channels_last', self.channels_last, FLIPS)
+        check_choice('mix', self.mix, MIXES); check_choice('mode', self.mode, MODES); check_choice('flip', self.flip, YES_NO_AUTO)
+        check_choice('channels_last', self.channels_last, YES_NO_AUTO)
         for k in ('epochs', 'batch_size', 'sub_batch'):
             if getattr(self, k) < 1: raise CVDDError(f'RelabelConfig.{k} must be >= 1, got {getattr(self, k)}', f'set {k} to 1 or more')
         if not 0 < self.min_scale <= 1: raise CVDDError(f'min_scale must be in (0, 1], got {self.min_scale}', 'the reference uses 0.08')
@@ -60,9 +60,8 @@ class RelabelConfig(Config):
         if self.seed < 0: raise CVDDError(f'seed must be >= 0, got {self.seed}', 'use a non-negative seed')
 
 def as_relabel_config(config:RelabelConfig|dict|None=None, **kw)->RelabelConfig:
-    "A `RelabelConfig` from a config, a dict or nothing, with `kw` overriding."
-    cfg = config if isinstance(config, RelabelConfig) else RelabelConfig.from_dict(config)
-    return cfg.replace(**kw) if kw else cfg
+    "A `RelabelConfig` from a config, a dict or nothing, with `kw` overriding (`Config.coerce`)."
+    return RelabelConfig.coerce(config, **kw)
 
 # %% ../nbs/05_relabel.ipynb #47ce54b0
 def check_images(images:torch.Tensor,          # normalised float images (N, C, H, W)
@@ -133,7 +132,7 @@ class Committee:
     def __init__(self, models:list, names:list, weights, priors=None, sub_batch:int=8, bssl:bool=True, channels_last:str='auto'):
         self.models, self.names, self.weights = list(models), list(names), torch.as_tensor(weights, dtype=torch.float32)
         self.priors, self.sub_batch, self.bssl = None if priors is None else [float(p) for p in priors], sub_batch, bssl
-        self.channels_last = check_choice('channels_last', channels_last, FLIPS)
+        self.channels_last = check_choice('channels_last', channels_last, YES_NO_AUTO)
         if not len(self.models) == len(self.names) == len(self.weights): raise CVDDError('one name and one weight per teacher', 'check names and priors')
 
     def to(self, device):
@@ -142,7 +141,7 @@ class Committee:
 
     def cl(self, device)->bool:
         "Whether the teachers run in channels-last memory on `device`."
-        return torch.device(device).type == 'cuda' if self.channels_last == 'auto' else self.channels_last == 'yes'
+        return resolve_auto(self.channels_last, 'channels_last', torch.device(device).type == 'cuda')
 
     @contextmanager
     def placed(self, device):
@@ -348,10 +347,6 @@ class LabelBatch(NamedTuple):
     logits:torch.Tensor|None
     aug:BatchAug
 
-def resolve_flip(flip:str, dataset:str)->bool:
-    "'auto': flips unless the dataset is a digit set; 'yes' / 'no'."
-    return default_flip(dataset) if check_choice('flip', flip, FLIPS) == 'auto' else flip == 'yes'
-
 class Augmenter:
     "The FKD replay without labels: a seeded order in batches, a crop and flip per image, a mix per batch."
     epochs = None                                  # any number of epochs
@@ -525,7 +520,7 @@ def relabel(images:torch.Tensor,            # normalised float images (N, C, H, 
             names:list|None=None,           # the teachers to use (default: all)
             out:str|Path|None=None,         # folder to save the store into; epochs are checkpointed there and a rerun resumes
             device=None, quiet:bool=True,
-            only_epochs:list|None=None,     # label just these epochs, the rest stay zero (one process's share, see `distributed`)
+            share:Share|None=None,          # the processes sharing the epochs (default: this one alone; see `distributed`)
             order:str='cvdd')->LabelStore:  # image order: 'cvdd', or 'torch' for labels the reference's trainer can read (`05a_fkd`)
     "Run the FKD replay once for all epochs and store its parameters and committee labels."
     cfg = as_relabel_config(config); check_images(images, info=info)
@@ -534,19 +529,28 @@ def relabel(images:torch.Tensor,            # normalised float images (N, C, H, 
     t, x_all, t0 = _empty_store(cfg.epochs, n, len(bounds), K, cfg.topk, cfg.batch_size), images.detach().to(device), time.perf_counter()
     part = Path(out)/PARTIAL if out is not None else None
     fp = _relabel_fingerprint(cfg, images, com, K) | ({} if order == 'cvdd' else dict(order=order))
-    done = _resume_epochs(part, fp, t)
+    share = share or Share()
+    done, mine = share.main_first(lambda: _resume_epochs(part, fp, t)), share.mine(cfg.epochs)
     with com.placed(device):
-        for e in progress(range(cfg.epochs) if only_epochs is None else list(only_epochs), desc='relabel', disable=quiet or None):
+        for e in progress(mine, desc='relabel', disable=quiet or not share.main or None):
             if e in done: continue
             for b, ((s, _), a) in enumerate(zip(bounds, aug.plan(n, e))):
                 _put(t, e, b, s, a, compress_logits(com(apply_aug(x_all, a)), cfg.topk))
             tally('relabel_epochs')
             if part is not None: atomic_write(part/f'e{e:04d}.safetensors', st_save({k: v[e].contiguous() for k, v in t.items()}))
+    seconds = time.perf_counter() - t0
+    if share.active:                                     # every process's epochs into every process's store
+        parts = share.gather(({k: v[mine] for k, v in t.items()}, seconds))
+        for r, (got, _) in enumerate(parts):
+            for k, v in got.items(): t[k][Share(r, share.world_size).mine(cfg.epochs)] = v
+        seconds = max(s for _, s in parts)
     meta = dict(config=cfg.to_dict(), n=n, num_classes=K, img_size=list(info.img_size), dataset=info.name, class_names=list(info.class_names),
                 teachers=com.names, weights=com.weights.tolist(), priors=com.priors, flip=aug.flip, order=order, images=images_fingerprint(images),
-                seconds=round(time.perf_counter() - t0, 3), versions=versions())
+                seconds=round(seconds, 3), versions=versions())
     store = LabelStore(t, meta)
-    if out is not None: store.save(out); shutil.rmtree(part, ignore_errors=True)
+    if out is not None:
+        if share.main: store.save(out); shutil.rmtree(part, ignore_errors=True)
+        share.barrier()
     return store
 
 # %% ../nbs/05_relabel.ipynb #825f7a15

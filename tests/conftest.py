@@ -2,7 +2,7 @@
 import json
 import pytest, torch
 from cvdd_nb.data import load_dataset, normalize, per_class_subset
-from cvdd_nb.experts import ExpertPool, train_expert
+from cvdd_nb.testing import tiny_pool
 
 @pytest.fixture(scope='module')
 def data(): return load_dataset('digits')
@@ -12,11 +12,6 @@ def xy(data):
     "Three real images per class, normalised, with their classes."
     s = per_class_subset(data.train, 3, seed=0)
     return normalize(s.x, data.info), s.y
-
-def tiny_pool(data, spec:list)->ExpertPool:
-    "Tiny experts trained in seconds: spec = [(name, arch, width, epochs, seed, arch_kw or None), ...]."
-    return ExpertPool([train_expert(arch, data, dict(epochs=ep), width=w, seed=s, name=n, arch_kw=kw, quiet=True)
-                       for n, arch, w, ep, s, kw in spec])
 
 @pytest.fixture(scope='session')
 def make_pool(): return tiny_pool

@@ -5,7 +5,8 @@ import os, subprocess, sys
 from pathlib import Path
 import pytest, torch
 import fastcore.test as fct
-from cvdd_nb.data import normalize, per_class_subset, write_cifar_fixture
+from cvdd_nb.data import normalize, per_class_subset
+from cvdd_nb.testing import write_cifar_fixture
 from cvdd_nb.evaluate import DistilledSet
 from cvdd_nb.fkd import fkd_folder, load_fkd_batch, store_to_fkd
 from cvdd_nb.folders import image_bytes, read_image_folder

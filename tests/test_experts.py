@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest, torch
 import fastcore.test as fct
 from cvdd_nb.core import CVDDError
-from cvdd_nb.data import load_dataset, normalize, write_cifar_fixture
+from cvdd_nb.data import load_dataset, normalize
+from cvdd_nb.testing import write_cifar_fixture
 from cvdd_nb.experts import Expert, ExpertPool, train_expert, train_pool, evaluate_model
 from cvdd_nb.models import create_model
 from safetensors.torch import load as st_load, save as st_save

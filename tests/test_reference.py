@@ -8,8 +8,8 @@ import pytest, torch
 import fastcore.test as fct
 
 from cvdd_nb.core import CVDDError
-from cvdd_nb.data import (CIFAR10_CLASSES, IMAGENET_MEAN, IMAGENET_STD, DatasetInfo, load_dataset, write_cifar_fixture,
-                          write_imagefolder_fixture)
+from cvdd_nb.data import CIFAR10_CLASSES, IMAGENET_MEAN, IMAGENET_STD, DatasetInfo, load_dataset
+from cvdd_nb.testing import write_cifar_fixture, write_imagefolder_fixture
 from cvdd_nb.experts import ExpertPool
 from cvdd_nb.models import create_model, read_state_dict
 from cvdd_nb.reference import (REFERENCE_DATASETS, REFERENCE_NAMES, rename_reference, seeded_input, seeded_state_dict,

@@ -8,7 +8,8 @@ import pytest, torch
 import fastcore.test as fct
 from safetensors.torch import load as st_load
 from cvdd_nb.core import CVDDError, RunDir, save_json
-from cvdd_nb.data import Data, load_dataset, normalize, per_class_subset, write_idx, write_idx_fixture
+from cvdd_nb.data import Data, load_dataset, normalize, per_class_subset, write_idx
+from cvdd_nb.testing import write_idx_fixture
 from cvdd_nb.models import create_model
 from cvdd_nb.experts import Expert, ExpertPool, train_expert, train_pool
 from cvdd_nb.recover import RecoverConfig, Recovered, recover
