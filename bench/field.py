@@ -61,6 +61,7 @@ def priors_config(cfg:dict, holdout:dict)->dict:
     "The run that computes the pool's distill priors once: seed of the zoo's hold-out, scored on that hold-out."
     c = copy.deepcopy(cfg); c['name'] = f"{cfg['dataset']}-priors"
     c['seed'] = c['valid_seed'] = holdout['seed']; c['valid'] = holdout['per_class']
+    c['ipc'] = c.get('priors', {}).get('distill_ipc') or c['ipc']      # the cells of a dataset share one computation
     return c
 
 def pool_holdout(cfg:dict, root:Path)->dict:

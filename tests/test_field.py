@@ -105,3 +105,12 @@ def test_published_rows_name_their_protocol():
     assert '| published: IDC (factor 2) | ConvNet-3, hard labels (read (IDC README)) | 81.0 | 86.0 |' in md
     assert '| ours: CV-DD | convnet3-w1, KD on soft labels | pending | pending |' in md
     assert '- Fashion-MNIST IPC 10, CV-DD (ConvNet-3, KD) >= 86.0 (IDC): pending' in md
+
+def test_the_cells_of_a_dataset_share_one_priors_run():
+    "IPC 1 and IPC 10 differ in name and ipc only: their distill priors (at distill_ipc) are one computation, one record."
+    import tomllib
+    cfgs = [tomllib.loads((ROOT/'configs'/'zoo'/f'fashion_mnist_ipc{n}.toml').read_text()) for n in (1, 10)]
+    hold = dict(seed=0, per_class=500)
+    a, b = (field.priors_config(c, hold) for c in cfgs)
+    fct.test_eq(a, b); fct.test_eq(a['ipc'], cfgs[1]['priors']['distill_ipc'])
+    assert cfgs[0]['ipc'] != cfgs[1]['ipc']
