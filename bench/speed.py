@@ -270,7 +270,7 @@ def bench_labels(a, data:Data, pool:ExpertPool, images:torch.Tensor, labels:torc
         z32 = fp32_logits(store, images, make_committee(pool, data.info, rc, priors))
         ref32, ref16 = write_per_batch(store, z32, tmp/'ref32', fp16=False), write_per_batch(store, z32, tmp/'ref16', fp16=True)
         # the reference's fp32 labels, replayed through our trainer: a store whose logits are the float32 ones
-        t32 = dict(store.t); t32['logits'] = z32                 # (epochs, n, K), by position in each epoch's order, as the store
+        t32 = dict(store.tensors); t32['logits'] = z32                 # (epochs, n, K), by position in each epoch's order, as the store
         fp32 = LabelStore(t32, store.meta)
         ec = dict(epochs=epochs)
         acc = {}
@@ -285,7 +285,7 @@ def bench_labels(a, data:Data, pool:ExpertPool, images:torch.Tensor, labels:torc
                    per_batch_fp16=dict(files=ref16[0], bytes=ref16[1], allocated_bytes=ref16[2]), accuracy=acc,
                    file_ratio=ours['files'] / ref32[0], byte_ratio_vs_fp32=ours['bytes'] / ref32[1], byte_ratio_vs_fp16=ours['bytes'] / ref16[1],
                    byte_ratio_top3_vs_fp16=ours_k['bytes'] / ref16[1],
-                   max_logit_diff_fp16_vs_fp32=float((store.t['logits'].float() - fp32.t['logits']).abs().max()))
+                   max_logit_diff_fp16_vs_fp32=float((store.tensors['logits'].float() - fp32.tensors['logits']).abs().max()))
         # the same layout at the reference's 300 epochs (files scale with epochs; bytes per file from this run)
         per_file = ref32[1] / ref32[0]
         res['at_300_epochs'] = dict(per_batch_files=300 * batches, per_batch_bytes=round(300 * batches * per_file),

@@ -223,7 +223,7 @@ def check_run(pool:ExpertPool, data:Data, rcfg:RecoverConfig, epochs:int=2)->dic
     mix = distributed_recover(pool, data, rcfg.replace(grouped=True, mix_committees=True, max_group=2), quiet=True, env=env)
     st = distributed_relabel(seq.images, pool, data.info, dict(epochs=epochs), env=env)
     stu = ddp_train_student(seq.images, seq.labels, data.info, st, dict(epochs=epochs), seed=0, test=data.test, env=env)
-    return dict(seq=seq.images, mix=mix.images, ce=seq.ce, store=st.t, student=stu.model.state_dict(), acc=stu.acc, loss=[h['loss'] for h in stu.history])
+    return dict(seq=seq.images, mix=mix.images, ce=seq.ce, store=st.tensors, student=stu.model.state_dict(), acc=stu.acc, loss=[h['loss'] for h in stu.history])
 
 # %% ../nbs/09_distributed.ipynb #ed92210c
 def check_expert(data:Data, epochs:int=3)->dict:

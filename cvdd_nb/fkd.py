@@ -148,7 +148,7 @@ def fkd_folder(prefix:str|Path, batch_size:int, ipc:int)->Path:
 # %% ../nbs/05a_fkd.ipynb #ac465f8e
 def _check_order(store:LabelStore, seed:int):
     "Raise unless every epoch of `store` is in the order the reference's loader draws with `seed`."
-    bad = next((e for e in range(store.epochs) if not torch.equal(store.t['order'][e].long(), sampler_order(store.n, seed, e))), None)
+    bad = next((e for e in range(store.epochs) if not torch.equal(store.tensors['order'][e].long(), sampler_order(store.n, seed, e))), None)
     if bad is not None:
         raise CVDDError(f'epoch {bad} of the store is not in the order the reference\'s loader draws (torch RandomSampler, seed {seed}): its trainer would give these labels to other images',
                         f"make the store with relabel(..., order='torch') and RelabelConfig(seed={seed})")
@@ -163,7 +163,7 @@ def store_to_fkd(store:LabelStore,     # labels made in the reference's order (r
     if root.exists() and any(root.iterdir()): raise CVDDError(f'{root} is not empty (the reference\'s trainer counts every entry in it as an epoch)', 'write into a new folder')
     if n % B == 1: raise CVDDError(f'the reference would cut {n} images into batches of {B} with a last batch of one; the store merged it', 'relabel with another batch size')
     _check_order(store, seed)
-    half = any(store.t[k].dtype == torch.half for k in ('logits', 'values') if k in store.t)
+    half = any(store.tensors[k].dtype == torch.half for k in ('logits', 'values') if k in store.tensors)
     for e in progress(range(store.epochs), desc='writing labels', disable=quiet or None):
         for b in range(len(store.bounds)):
             z = store.logits(e, b).to(torch.half if half else torch.float32)

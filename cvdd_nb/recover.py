@@ -24,12 +24,12 @@ from .folders import write_image_folder
 
 # %% auto #0
 __all__ = ['SCHEDULES', 'VOTERS', 'PRIOR_MODES', 'INITS', 'BANDS', 'AUGMENTS', 'BN_NORMS', 'MAX_BAD_STEPS', 'RecoverConfig',
-           'resolve_roll', 'seg_stats', 'BNStats', 'committee_loss', 'compute_priors', 'vote_weights',
+           'resolve_roll', 'seg_stats', 'BNStats', 'LossTerms', 'committee_loss', 'compute_priors', 'vote_weights',
            'committee_weights', 'committee_schedule', 'unit_seed', 'committee_plan', 'votes_markdown', 'crop_boxes',
            'resized_crop', 'roll_each', 'AugParams', 'crop_scale', 'draw_augment', 'apply_augment', 'augment_batch',
            'init_patches', 'init_bank', 'unit_start', 'cosine_lr', 'adam_step', 'all_finite', 'guarded_update', 'Unit',
            'plan_units', 'plan_groups', 'StepState', 'StopRecover', 'History', 'to_png', 'image_grid', 'Recovered',
-           'recover', 'initial_images', 'mixed_committee_loss']
+           'recover', 'initial_images']
 
 # %% ../nbs/04_recover.ipynb #3921aef5
 SCHEDULES = ('pairs', 'random', 'fixed', 'top')
@@ -180,32 +180,56 @@ class BNStats:
         total = (norms[0] + norms[1]) @ mul
         return total / len(self.layers) if check_choice('bn_norm', norm, BN_NORMS) == 'layers' else total
 
-# %% ../nbs/04_recover.ipynb #b9dc2994
-def committee_loss(models:list,            # the committee's networks (eval mode, frozen)
-                   weights,                # vote weights: (N,) or (segments, N)
-                   x:torch.Tensor,         # the (augmented) batch, normalised
-                   y:torch.Tensor,         # targets
-                   r_bn:float=0.01,        # weight of the BN term
-                   first_bn_mul:float=10.0,
-                   bn_norm:str='none',
-                   segments:int=1,         # independent equal parts of the batch (grouped execution)
-                   hooks:list|None=None,   # `BNStats` already entered for `models` (else made here)
-                   amp:bool=True,          # autocast on CUDA
-                   per_image:bool=False):  # return CE per image, (experts, n), instead of per segment
-    "Weighted committee objective; returns (loss, ce, bn), ce and bn per expert and segment (detached)."
+# %% ../nbs/04_recover.ipynb #18f01339
+@dataclasses.dataclass(frozen=True)
+class LossTerms:
+    "How the committee objective weighs and computes its terms (`RecoverConfig`'s r_bn, first_bn_mul, bn_norm, amp)."
+    r_bn:float = 0.01            # weight of the BN term
+    first_bn_mul:float = 10.0    # extra weight of the first BN layer
+    bn_norm:str = 'none'         # 'layers': divide the BN term by the number of BN layers
+    amp:bool = True              # autocast on CUDA
+
+    @classmethod
+    def of(cls, cfg)->LossTerms: return cls(cfg.r_bn, cfg.first_bn_mul, cfg.bn_norm, cfg.amp)
+
+# %% ../nbs/04_recover.ipynb #0590cd52
+def _rows(xu:torch.Tensor, rows:list, x:torch.Tensor)->torch.Tensor:
+    "The images of units `rows` of the batch `x` (viewed as units `xu`), in `x`'s memory format."
+    cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return xu[rows].flatten(0, 1).contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+
+# %% ../nbs/04_recover.ipynb #045e96c5
+def committee_loss(models:list,              # every expert the batch uses (eval mode, frozen)
+                   weights,                  # vote weights: (N,) for one unit, or (units, N) in each unit's committee order
+                   x:torch.Tensor,           # the (augmented) batch, normalised, unit after unit (units * n images)
+                   y:torch.Tensor,           # targets
+                   members:list|None=None,   # per unit: its committee as positions in `models` (default: all of them)
+                   terms:LossTerms=LossTerms(),
+                   hooks:list|None=None,     # `BNStats` already entered for `models` (else made here)
+                   per_image:bool=False):    # ce per image, (N, units * n), instead of per unit
+    "The summed committee objective; (loss, ce, bn), ce and bn per committee seat and unit, (N, units), detached."
     w = torch.as_tensor(weights, dtype=torch.float32, device=x.device)
-    w = w.expand(segments, -1) if w.ndim == 1 else w
-    ces, ce_img, bns = [], [], []
+    members = members or [tuple(range(len(models)))] * (len(w) if w.ndim == 2 else 1)
+    G, N = len(members), len(members[0]); n = len(x) // G
+    w = w.expand(G, -1) if w.ndim == 1 else w
+    ce_out = torch.zeros(N, G * n if per_image else G, device=x.device); bn_out = torch.zeros(N, G, device=x.device)
+    xu, yu, seat_terms = x.unflatten(0, (G, n)), y.view(G, n), []
     with ExitStack() as stack:
         hooks = hooks or [stack.enter_context(BNStats(m)) for m in models]
-        for m, h in zip(models, hooks):
-            h.segments = segments
-            with autocast(x.device, amp): logits = m(x)
-            ce = F.cross_entropy(logits.float(), y, reduction='none')
-            ce_img.append(ce); ces.append(ce.view(segments, -1).mean(1)); bns.append(h.loss(first_bn_mul, bn_norm))
-    ce, bn = torch.stack(ces), torch.stack(bns)
-    loss = (w.T * (ce + r_bn * bn)).sum()
-    return loss, (torch.stack(ce_img) if per_image else ce).detach(), bn.detach()
+        for e, (m, h) in enumerate(zip(models, hooks)):
+            rows = [j for j, c in enumerate(members) if e in c]
+            if not rows: continue
+            pos = [members[j].index(e) for j in rows]
+            h.segments = len(rows)
+            with autocast(x.device, terms.amp): logits = m(x if len(rows) == G else _rows(xu, rows, x))
+            ce = F.cross_entropy(logits.float(), yu[rows].flatten(), reduction='none')
+            ce_seg, bn = ce.view(len(rows), n).mean(1), h.loss(terms.first_bn_mul, terms.bn_norm)
+            seat_terms.append(w[rows, pos] * (ce_seg + terms.r_bn * bn))
+            bn_out[pos, rows] = bn.detach()
+            if per_image:
+                for r, (j, p) in enumerate(zip(rows, pos)): ce_out[p, j * n:(j + 1) * n] = ce[r * n:(r + 1) * n].detach()
+            else: ce_out[pos, rows] = ce_seg.detach()
+    return torch.cat(seat_terms).sum(), ce_out, bn_out
 
 # %% ../nbs/04_recover.ipynb #c0a896a1
 def _given_priors(pool, given)->list:
@@ -655,14 +679,14 @@ class _UnitState:
     g:torch.Generator
 
 class _Placed:
-    "Move models to `device` (channels_last on CUDA, or if `cl`) for a `with` block, then back where they were."
-    def __init__(self, models, device, cl:bool|None=None): self.models, self.device, self.cl = list(models), device, cl
+    "Move models to `device` (channels-last on CUDA, or as `channels_last` says) for a `with` block, then back where they were."
+    def __init__(self, models, device, channels_last:bool|None=None): self.models, self.device, self.channels_last = list(models), device, channels_last
     def __enter__(self):
-        self.prev, self.cl = [next(m.parameters()).device for m in self.models], self.device.type == 'cuda' if self.cl is None else self.cl
-        for m in self.models: m.eval().to(self.device, memory_format=torch.channels_last if self.cl else torch.preserve_format)
+        self.prev, self.channels_last = [next(m.parameters()).device for m in self.models], self.device.type == 'cuda' if self.channels_last is None else self.channels_last
+        for m in self.models: m.eval().to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
         return self
     def __exit__(self, *exc):
-        for m, d in zip(self.models, self.prev): m.to(d, memory_format=torch.contiguous_format if self.cl else torch.preserve_format)
+        for m, d in zip(self.models, self.prev): m.to(d, memory_format=torch.contiguous_format if self.channels_last else torch.preserve_format)
 
 def _fingerprint(cfg:RecoverConfig, pool:ExpertPool, priors:list, info:DatasetInfo)->dict:
     "What a run's result depends on (for resuming safely)."
@@ -683,9 +707,9 @@ class _Run:
         self.plan = committee_plan(pool, cfg, priors)
         self.units = plan_units(self.plan, self.info.num_classes, cfg.classes_per_chunk)
         self.groups = plan_groups(self.units, cfg.grouped, cfg.max_group, cfg.mix_committees)
-        self.cl = resolve_auto(cfg.channels_last, 'channels_last', self.device.type == 'cuda')
-        self.fp = _fingerprint(cfg, pool, priors, self.info)
-        self.ck = self.out/'checkpoint' if self.out is not None else None
+        self.channels_last = resolve_auto(cfg.channels_last, 'channels_last', self.device.type == 'cuda')
+        self.fingerprint = _fingerprint(cfg, pool, priors, self.info)
+        self.checkpoints = self.out/'checkpoint' if self.out is not None else None
         self._compiled = {}
         self.progress_file = f'progress.rank{self.share.rank}.safetensors' if self.share.active else 'progress.safetensors'  # one per process
         self.lr_scale, self.bad, self.skipped = 1.0, 0, False              # non-finite steps (see `nonfinite`)
@@ -702,15 +726,14 @@ class _Run:
         x = unit_start(bank, self.info, u.classes, u.k, g).to(self.device)
         return _UnitState(x.requires_grad_(True), torch.zeros_like(x), torch.zeros_like(x), g)
 
-    def step(self, models, hooks, states, W, y, step, members=None):
+    def step(self, models, hooks, states, votes, y, step, members=None):
         "One optimisation step of a group (of mixed committees: `members` per unit); returns (lr, loss, ce, bn)."
         cfg, T = self.cfg, self.cfg.iterations
-        lr, scale, (H, Wd) = cosine_lr(step, T, cfg.lr) * self.lr_scale, crop_scale(step, T, cfg.min_scale, cfg.cda), self.info.img_size
-        params = [draw_augment(len(s.x), H, Wd, cfg.augment == 'shared', scale, self.flip, self.roll, s.g) for s in states]
+        lr, scale, (height, width) = cosine_lr(step, T, cfg.lr) * self.lr_scale, crop_scale(step, T, cfg.min_scale, cfg.cda), self.info.img_size
+        params = [draw_augment(len(s.x), height, width, cfg.augment == 'shared', scale, self.flip, self.roll, s.g) for s in states]
         xa = augment_batch([s.x for s in states], params)
-        if self.cl: xa = xa.contiguous(memory_format=torch.channels_last)
-        if members is None: loss, ce, bn = committee_loss(models, W, xa, y, cfg.r_bn, cfg.first_bn_mul, cfg.bn_norm, len(states), hooks, cfg.amp)
-        else: loss, ce, bn = mixed_committee_loss(models, members, W, xa, y, cfg.r_bn, cfg.first_bn_mul, cfg.bn_norm, hooks, cfg.amp)
+        if self.channels_last: xa = xa.contiguous(memory_format=torch.channels_last)
+        loss, ce, bn = committee_loss(models, votes, xa, y, members, LossTerms.of(cfg), hooks)
         grads = torch.autograd.grad(loss, [s.x for s in states])
         self.skipped = not all_finite(loss, *grads)
         if not self.skipped: self.skipped = not guarded_update(states, lambda s, gr: adam_step(s.x, gr, s.m, s.v, step + 1, lr, cfg.beta1, cfg.beta2), grads, self.lo, self.hi)
@@ -726,11 +749,11 @@ def _save_progress(self:_Run, gi:int, group:list, states:list, step:int):
     if not all_finite(*(v for k, v in t.items() if not k.endswith('.g'))):
         raise CVDDError(f'refusing to checkpoint non-finite images at step {step}', 'this is a bug: please report it; the last good checkpoint is kept')
     meta = dict(group=str(gi), step=str(step), units=json.dumps([u.key for u in group]), lr_scale=repr(self.lr_scale), bad=str(self.bad))
-    atomic_write(self.ck/self.progress_file, st_save(t, metadata=meta))
+    atomic_write(self.checkpoints/self.progress_file, st_save(t, metadata=meta))
 
 def _load_progress(self:_Run, gi:int, group:list):
     "(step, states) of group `gi` from the checkpoint, or None."
-    p = self.ck/self.progress_file if self.ck is not None else None
+    p = self.checkpoints/self.progress_file if self.checkpoints is not None else None
     if p is None or not p.exists(): return None
     try:
         with safe_open(str(p), framework='pt') as f:
@@ -757,14 +780,14 @@ def _load_unit(path:Path, n:int)->dict|None:
 
 def _load_done(self:_Run)->dict:
     "Finished units found in the checkpoint folder (damaged ones are left out, to be redone)."
-    if self.ck is None: return {}
-    got = {u.key: _load_unit(self.ck/f'{u.key}.safetensors', len(u.classes)) for u in self.units if (self.ck/f'{u.key}.safetensors').exists()}
+    if self.checkpoints is None: return {}
+    got = {u.key: _load_unit(self.checkpoints/f'{u.key}.safetensors', len(u.classes)) for u in self.units if (self.checkpoints/f'{u.key}.safetensors').exists()}
     return {k: v for k, v in got.items() if v is not None}
 
 def _progress_group(self:_Run)->str|None:
     "The group whose progress the checkpoint file holds (None when it cannot be read)."
     try:
-        with safe_open(str(self.ck/self.progress_file), framework='pt') as f: return f.metadata().get('group')
+        with safe_open(str(self.checkpoints/self.progress_file), framework='pt') as f: return f.metadata().get('group')
     except Exception: return None
 
 _Run.save_progress, _Run.load_progress, _Run.load_done, _Run.progress_group = _save_progress, _load_progress, _load_done, _progress_group
@@ -773,7 +796,7 @@ def _nonfinite(self:_Run, group:list, step:int, loss:float):
     "After a skipped (non-finite) step: halve the lr for the rest of the group; give up after `MAX_BAD_STEPS` in a row."
     self.bad += 1; self.lr_scale /= 2; keys = ', '.join(u.key for u in group)
     if self.bad >= MAX_BAD_STEPS:
-        kept = f'the last good checkpoint is kept in {self.ck}: rerun to resume from it if the fault was transient' if self.ck is not None else 'pass out= to keep checkpoints'
+        kept = f'the last good checkpoint is kept in {self.checkpoints}: rerun to resume from it if the fault was transient' if self.checkpoints is not None else 'pass out= to keep checkpoints'
         raise CVDDError(f'recover stopped: the loss, gradients or images were NaN/inf on {self.bad} steps in a row '
                         f'(units {keys}, step {step} of {self.cfg.iterations}, loss {loss}), even at {self.lr_scale * 2:g} x the lr',
                         f'check that the experts and priors are finite, lower lr (now {self.cfg.lr}) or turn amp off, in a new output folder; {kept}')
@@ -781,33 +804,33 @@ def _nonfinite(self:_Run, group:list, step:int, loss:float):
 _Run.nonfinite = _nonfinite
 
 # %% ../nbs/04_recover.ipynb #014b011c
-def _step_states(self:_Run, group, states, step, lr, loss, ce, bn, W, y)->list:
+def _step_states(self:_Run, group, states, step, lr, loss, ce, bn, votes, y)->list:
     "What the callbacks see: one `StepState` per committee of the group (a group of mixed committees gives several)."
     cfg, T, n = self.cfg, self.cfg.iterations, len(group[0].classes)
     subs = {}
     for j, u in enumerate(group): subs.setdefault(u.members, []).append(j)
     if len(subs) == 1: subs, losses = {group[0].members: list(range(len(group)))}, None
-    else: losses = (W.cpu() * (ce.cpu().T + cfg.r_bn * bn.cpu().T)).sum(1)                     # each unit's own objective
+    else: losses = (votes.cpu() * (ce.cpu().T + cfg.r_bn * bn.cpu().T)).sum(1)                     # each unit's own objective
     out = []
     for members, J in subs.items():
         out.append(StepState([group[j].key for j in J], [group[j].k for j in J], [group[j].classes for j in J], step, T, lr,
-                             loss if losses is None else float(losses[J].sum()), [self.pool.names[i] for i in members], W[J].cpu(),
+                             loss if losses is None else float(losses[J].sum()), [self.pool.names[i] for i in members], votes[J].cpu(),
                              ce[:, J].cpu(), bn[:, J].cpu(), torch.cat([states[j].x.detach() for j in J]).cpu(),
                              torch.cat([y[j * n:(j + 1) * n] for j in J]).cpu(), self.done, self.total))
     return out
 
-def _after_step(self:_Run, gi, group, states, step, lr, loss, ce, bn, names, W, y):
+def _after_step(self:_Run, gi, group, states, step, lr, loss, ce, bn, names, votes, y):
     "Callbacks, the stop hook and periodic checkpoints."
     cfg, T = self.cfg, self.cfg.iterations
     try:
         if self.callbacks and (step % cfg.callback_every == 0 or step == T):
-            for st in self.step_states(group, states, step, lr, loss, ce, bn, W, y):
+            for st in self.step_states(group, states, step, lr, loss, ce, bn, votes, y):
                 for cb in self.callbacks: cb(st)
         if self.stop_after is not None and self.steps >= self.stop_after: raise StopRecover(f'stopped after {self.steps} steps')
     except StopRecover:
-        if self.ck is not None: self.save_progress(gi, group, states, step)
+        if self.checkpoints is not None: self.save_progress(gi, group, states, step)
         raise
-    if self.ck is not None and step % cfg.checkpoint_every == 0 and step < T: self.save_progress(gi, group, states, step)
+    if self.checkpoints is not None and step % cfg.checkpoint_every == 0 and step < T: self.save_progress(gi, group, states, step)
 
 def _run_group(self:_Run, gi:int, group:list, bank)->dict:
     "Optimise the units of one group to the end; return {key: dict(x, ce, bn)}."
@@ -818,26 +841,25 @@ def _run_group(self:_Run, gi:int, group:list, bank)->dict:
     used = experts if mixed else group[0].members
     models, names = [self.pool[i].model for i in used], [self.pool.names[i] for i in used]
     nets = [self.net(i) for i in used]                                   # what runs the steps (compiled or not); hooks sit on `models`
-    W, y = torch.stack([u.weights for u in group]).to(self.device), torch.tensor([c for u in group for c in u.classes], device=self.device)
+    votes, y = torch.stack([u.weights for u in group]).to(self.device), torch.tensor([c for u in group for c in u.classes], device=self.device)
     self.lr_scale, self.bad = 1.0, 0                                     # each group starts at the configured lr
     step, states = self.load_progress(gi, group) or (0, [self.fresh(u, bank) for u in group])
     self.done += step; self.bar.update(step)
     with ExitStack() as stack:
         hooks = [stack.enter_context(BNStats(m, G)) for m in models]
         while step < T:
-            lr, loss, ce, bn = self.step(nets, hooks, states, W, y, step, members)
+            lr, loss, ce, bn = self.step(nets, hooks, states, votes, y, step, members)
             step += 1; self.steps += 1; self.done += 1; self.bar.update(1); tally('recover_steps')
             self.nonfinite(group, step, loss) if self.skipped else setattr(self, 'bad', 0)
-            self.after_step(gi, group, states, step, lr, loss, ce, bn, names, W, y)
+            self.after_step(gi, group, states, step, lr, loss, ce, bn, names, votes, y)
         with torch.no_grad():
             xf = torch.cat([s.x for s in states])
-            if mixed: _, ce_img, bn = mixed_committee_loss(models, members, W, xf, y, cfg.r_bn, cfg.first_bn_mul, cfg.bn_norm, hooks, cfg.amp, per_image=True)
-            else: _, ce_img, bn = committee_loss(models, W, xf, y, cfg.r_bn, cfg.first_bn_mul, cfg.bn_norm, G, hooks, cfg.amp, per_image=True)
+            _, ce_img, bn = committee_loss(models, votes, xf, y, members, LossTerms.of(cfg), hooks, per_image=True)
     n, res = len(group[0].classes), {}
     for j, (u, s) in enumerate(zip(group, states)):
         res[u.key] = dict(x=s.x.detach().cpu(), ce=ce_img[:, j * n:(j + 1) * n].cpu(), bn=bn[:, j].cpu())
-        if self.ck is not None: atomic_write(self.ck/f'{u.key}.safetensors', st_save({k: v.contiguous() for k, v in res[u.key].items()}))
-    if self.ck is not None and (self.ck/self.progress_file).exists(): (self.ck/self.progress_file).unlink()
+        if self.checkpoints is not None: atomic_write(self.checkpoints/f'{u.key}.safetensors', st_save({k: v.contiguous() for k, v in res[u.key].items()}))
+    if self.checkpoints is not None and (self.checkpoints/self.progress_file).exists(): (self.checkpoints/self.progress_file).unlink()
     return res
 
 _Run.step_states, _Run.after_step, _Run.run_group = _step_states, _after_step, _run_group
@@ -857,8 +879,8 @@ def _assemble(self:_Run, done:dict, seconds:float)->Recovered:
 
 def _open_checkpoints(self:_Run):
     "Check that the checkpoint folder belongs to this run, or claim it."
-    if (self.ck/'run.json').exists(): self.check_same(load_json(self.ck/'run.json').get('fingerprint'), self.ck/'run.json')
-    else: save_json(self.ck/'run.json', dict(fingerprint=self.fp))
+    if (self.checkpoints/'run.json').exists(): self.check_same(load_json(self.checkpoints/'run.json').get('fingerprint'), self.checkpoints/'run.json')
+    else: save_json(self.checkpoints/'run.json', dict(fingerprint=self.fingerprint))
 
 def _call(self:_Run)->Recovered:
     "Run (or resume, or just load) the whole recover stage: this process's groups, then every process's results gathered."
@@ -866,15 +888,15 @@ def _call(self:_Run)->Recovered:
     if self.out is not None and (self.out/'recovered.json').exists():
         self.check_same(load_json(self.out/'recovered.json').get('fingerprint'), self.out/'recovered.json')
         return Recovered.load(self.out)
-    if self.ck is not None: share.main_first(self.open_checkpoints)
+    if self.checkpoints is not None: share.main_first(self.open_checkpoints)
     done, mine = self.load_done(), share.mine(len(self.groups))
     todo = [(gi, self.groups[gi]) for gi in mine if not all(u.key in done for u in self.groups[gi])]
-    if self.ck is not None and (self.ck/self.progress_file).exists():    # the group in progress first: others would overwrite its file
+    if self.checkpoints is not None and (self.checkpoints/self.progress_file).exists():    # the group in progress first: others would overwrite its file
         todo.sort(key=lambda t: str(t[0]) != self.progress_group())      # (units are independent: the order changes no bit)
     self.total, self.done = self.cfg.iterations * len(mine), self.cfg.iterations * (len(mine) - len(todo))
     used = sorted({i for u in self.units for i in u.members})
     desc = f'recover (rank {share.rank})' if share.active else 'recover'
-    with _Placed([self.pool[i].model for i in used], self.device, self.cl), progress(total=self.total, initial=self.done, desc=desc, disable=True if self.quiet else None) as self.bar:
+    with _Placed([self.pool[i].model for i in used], self.device, self.channels_last), progress(total=self.total, initial=self.done, desc=desc, disable=True if self.quiet else None) as self.bar:
         need_bank = any(share.gather(bool(todo)))
         bank = share.broadcast(init_bank(self.cfg, self.data, self.pool, self.device) if need_bank and share.main else None)
         for gi, g in todo: done.update(self.run_group(gi, g, bank))
@@ -882,15 +904,15 @@ def _call(self:_Run)->Recovered:
     rec = self.assemble(done, time.perf_counter() - t0)
     if self.out is not None:
         if share.main:
-            rec.save(self.out, extra=dict(fingerprint=self.fp))
-            shutil.rmtree(self.ck, ignore_errors=True)
+            rec.save(self.out, extra=dict(fingerprint=self.fingerprint))
+            shutil.rmtree(self.checkpoints, ignore_errors=True)
         share.barrier()
     return rec
 
-def _check_same(self:_Run, fp:dict|None, where:Path):
-    if fp != self.fp:
-        diff = sorted(k for k in set(self.fp['config']) | set((fp or {}).get('config', {})) if self.fp['config'].get(k) != (fp or {}).get('config', {}).get(k))
-        other = [k for k in ('experts', 'priors', 'dataset', 'classes') if self.fp[k] != (fp or {}).get(k)]
+def _check_same(self:_Run, found:dict|None, where:Path):
+    if found != self.fingerprint:
+        diff = sorted(k for k in set(self.fingerprint['config']) | set((found or {}).get('config', {})) if self.fingerprint['config'].get(k) != (found or {}).get('config', {}).get(k))
+        other = [k for k in ('experts', 'priors', 'dataset', 'classes') if self.fingerprint[k] != (found or {}).get(k)]
         raise CVDDError(f'{where.parent} holds another recover run (differs in: {", ".join(diff + other) or "unknown"})',
                         'use a new output folder, or delete that one to start over')
 
@@ -925,35 +947,3 @@ def initial_images(pool:ExpertPool, data:Data, config:RecoverConfig|dict|None=No
     out = torch.empty(K * cfg.ipc, data.info.channels, *data.info.img_size)
     for u in run.units: out[[c * cfg.ipc + u.k for c in u.classes]] = run.fresh(u, bank).x.detach()
     return out
-
-# %% ../nbs/04_recover.ipynb #293327e4
-def mixed_committee_loss(models:list,         # every expert the group uses
-                         members:list,        # per unit: its committee as positions in `models`
-                         weights:torch.Tensor,# (units, N) vote weights, in each unit's committee order
-                         x:torch.Tensor,      # the augmented batch, unit after unit (units * n images)
-                         y:torch.Tensor,
-                         r_bn:float=0.01, first_bn_mul:float=10.0, bn_norm:str='none',
-                         hooks:list|None=None,      # `BNStats` entered for `models` (segments are set here)
-                         amp:bool=True, per_image:bool=False):
-    "The summed committee objective of units with different committees; (loss, ce, bn) as `committee_loss`, (N, units)."
-    G, N = len(members), len(members[0]); n = len(x) // G
-    w = torch.as_tensor(weights, dtype=torch.float32, device=x.device)
-    ce_out = torch.zeros(N, G * n if per_image else G, device=x.device); bn_out = torch.zeros(N, G, device=x.device)
-    xu, yu, loss = x.unflatten(0, (G, n)), y.view(G, n), 0
-    with ExitStack() as stack:
-        hooks = hooks or [stack.enter_context(BNStats(m)) for m in models]
-        for e, (m, h) in enumerate(zip(models, hooks)):
-            rows = [j for j, c in enumerate(members) if e in c]
-            if not rows: continue
-            pos = [members[j].index(e) for j in rows]
-            xe = x if len(rows) == G else xu[rows].flatten(0, 1).contiguous(memory_format=torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() else torch.contiguous_format)
-            h.segments = len(rows)
-            with autocast(x.device, amp): logits = m(xe)
-            ce = F.cross_entropy(logits.float(), yu[rows].flatten(), reduction='none')
-            ce_seg, bn = ce.view(len(rows), n).mean(1), h.loss(first_bn_mul, bn_norm)
-            loss = loss + (w[rows, pos] * (ce_seg + r_bn * bn)).sum()
-            bn_out[pos, rows] = bn.detach()
-            if per_image:
-                for r, (j, p) in enumerate(zip(rows, pos)): ce_out[p, j * n:(j + 1) * n] = ce[r * n:(r + 1) * n].detach()
-            else: ce_out[pos, rows] = ce_seg.detach()
-    return loss, ce_out, bn_out

@@ -395,7 +395,7 @@ STORE_FILE, STORE_JSON = 'labels.safetensors', 'labels.json'
 class LabelStore:
     "Replay parameters and committee logits of every (epoch, batch) of a run, kept in one safetensors file."
     def __init__(self, tensors:dict, meta:dict):
-        self.t, self.meta = tensors, meta
+        self.tensors, self.meta = tensors, meta
         self.config = RelabelConfig.from_dict(meta['config'])
         self.n, self.num_classes, self.epochs = meta['n'], meta['num_classes'], self.config.epochs
         self.bounds = batch_bounds(self.n, self.config.batch_size)
@@ -409,20 +409,20 @@ class LabelStore:
     def nbytes(self)->int:
         "Bytes on disk (after `save`), else of the tensors in memory."
         if self.path is not None: return sum(f.stat().st_size for f in self.files)
-        return sum(v.numel() * v.element_size() for v in self.t.values())
+        return sum(v.numel() * v.element_size() for v in self.tensors.values())
     @property
     def files(self)->list: return [] if self.path is None else [self.path/STORE_FILE, self.path/STORE_JSON]
 
     def aug(self, epoch:int, b:int)->BatchAug:
         "The stored parameters of batch `b` of `epoch`."
-        s, e = self.bounds[b]; t = self.t
-        return BatchAug(t['order'][epoch, s:e].long(), t['crops'][epoch, s:e].long(), t['flips'][epoch, s:e].bool(),
-                        t['perm'][epoch, s:e].long(), float(t['lam'][epoch, b]), t['box'][epoch, b].long(), self.config.mix)
+        s, e = self.bounds[b]; tensors = self.tensors
+        return BatchAug(tensors['order'][epoch, s:e].long(), tensors['crops'][epoch, s:e].long(), tensors['flips'][epoch, s:e].bool(),
+                        tensors['perm'][epoch, s:e].long(), float(tensors['lam'][epoch, b]), tensors['box'][epoch, b].long(), self.config.mix)
 
     def logits(self, epoch:int, b:int)->torch.Tensor:
         "The stored soft logits of batch `b` of `epoch` (float32, reconstructed if top-k)."
         s, e = self.bounds[b]
-        return expand_logits({k: self.t[k][epoch, s:e] for k in ('logits', 'values', 'indices', 'rest') if k in self.t}, self.num_classes)
+        return expand_logits({k: self.tensors[k][epoch, s:e] for k in ('logits', 'values', 'indices', 'rest') if k in self.tensors}, self.num_classes)
 
     def check(self, images:torch.Tensor):
         "Raise unless these labels were made for `images`."
@@ -448,7 +448,7 @@ class LabelStore:
 def _save_store(self:LabelStore, path:str|Path)->Path:
     "Write `labels.safetensors` and `labels.json` into folder `path` (atomically); return the folder."
     path = Path(path); path.mkdir(parents=True, exist_ok=True)
-    atomic_write(path/STORE_FILE, st_save({k: v.contiguous() for k, v in self.t.items()}, metadata={'format': 'cvdd-labels-1'}))
+    atomic_write(path/STORE_FILE, st_save({k: v.contiguous() for k, v in self.tensors.items()}, metadata={'format': 'cvdd-labels-1'}))
     save_json(path/STORE_JSON, dict(self.meta, files=[STORE_FILE]))
     self.path = path
     return path
@@ -462,30 +462,30 @@ def _load_store(path:str|Path)->LabelStore:
     path = Path(path)
     meta = load_json(path/STORE_JSON, _STORE_FIELDS)
     if not (path/STORE_FILE).exists(): raise CVDDError(f'{path/STORE_FILE} is missing', 'rerun relabel')
-    try: t = st_load((path/STORE_FILE).read_bytes())
+    try: tensors = st_load((path/STORE_FILE).read_bytes())
     except Exception as e: raise CVDDError(f'{path/STORE_FILE} is damaged ({e})', 'rerun relabel') from None
     E, n = meta['config'].get('epochs'), meta['n']
-    missing = [k for k in _STORE_KEYS if k not in t] + ([] if 'logits' in t or 'values' in t else ['logits'])
-    if missing or t['order'].shape != (E, n): raise CVDDError(f'{path/STORE_FILE} does not match {STORE_JSON} (missing {missing}, order {tuple(t["order"].shape) if "order" in t else None} vs {(E, n)})', 'rerun relabel')
-    s = LabelStore(dict(t), meta); s.path = path
+    missing = [k for k in _STORE_KEYS if k not in tensors] + ([] if 'logits' in tensors or 'values' in tensors else ['logits'])
+    if missing or tensors['order'].shape != (E, n): raise CVDDError(f'{path/STORE_FILE} does not match {STORE_JSON} (missing {missing}, order {tuple(tensors["order"].shape) if "order" in tensors else None} vs {(E, n)})', 'rerun relabel')
+    s = LabelStore(dict(tensors), meta); s.path = path
     return s
 LabelStore.load = staticmethod(_load_store)
 
 # %% ../nbs/05_relabel.ipynb #933c7ef3
 def _empty_store(E, n, B, K, topk, batch_size):
-    t = dict(order=torch.zeros(E, n, dtype=torch.int32), crops=torch.zeros(E, n, 4, dtype=torch.int16), flips=torch.zeros(E, n, dtype=torch.bool),
+    tensors = dict(order=torch.zeros(E, n, dtype=torch.int32), crops=torch.zeros(E, n, 4, dtype=torch.int16), flips=torch.zeros(E, n, dtype=torch.bool),
              perm=torch.zeros(E, n, dtype=torch.int16 if batch_size < 16384 else torch.int32), lam=torch.zeros(E, B), box=torch.zeros(E, B, 4, dtype=torch.int16))
     if 0 < topk < K:
         it = torch.int16 if K <= 32767 else torch.int32
-        t.update(values=torch.zeros(E, n, topk, dtype=torch.half), indices=torch.zeros(E, n, topk, dtype=it), rest=torch.zeros(E, n, dtype=torch.half))
-    else: t['logits'] = torch.zeros(E, n, K, dtype=torch.half)
-    return t
+        tensors.update(values=torch.zeros(E, n, topk, dtype=torch.half), indices=torch.zeros(E, n, topk, dtype=it), rest=torch.zeros(E, n, dtype=torch.half))
+    else: tensors['logits'] = torch.zeros(E, n, K, dtype=torch.half)
+    return tensors
 
-def _put(t, e, b, s, a:BatchAug, z:dict):
+def _put(tensors, e, b, s, a:BatchAug, z:dict):
     n = len(a)
-    t['order'][e, s:s + n], t['crops'][e, s:s + n], t['flips'][e, s:s + n] = a.idx.int(), a.crops.to(torch.int16), a.flips
-    t['perm'][e, s:s + n], t['lam'][e, b], t['box'][e, b] = a.perm.to(t['perm'].dtype), a.lam, a.box.to(torch.int16)
-    for k, v in z.items(): t[k][e, s:s + n] = v.cpu()
+    tensors['order'][e, s:s + n], tensors['crops'][e, s:s + n], tensors['flips'][e, s:s + n] = a.idx.int(), a.crops.to(torch.int16), a.flips
+    tensors['perm'][e, s:s + n], tensors['lam'][e, b], tensors['box'][e, b] = a.perm.to(tensors['perm'].dtype), a.lam, a.box.to(torch.int16)
+    for k, v in z.items(): tensors[k][e, s:s + n] = v.cpu()
 
 PARTIAL = 'partial'   # relabel's per-epoch checkpoints, inside the output folder until the store is written
 
@@ -494,20 +494,20 @@ def _relabel_fingerprint(cfg:RelabelConfig, images:torch.Tensor, com, K:int)->di
     return json.loads(json.dumps(dict(config=cfg.to_dict(), images=images_fingerprint(images), n=len(images), num_classes=K,
                                       teachers=com.names, weights=com.weights.tolist())))
 
-def _resume_epochs(part:Path|None, fp:dict, t:dict)->set:
-    "Epochs already labelled in checkpoint folder `part`, copied into `t` (an unreadable file is labelled again)."
+def _resume_epochs(part:Path|None, fingerprint:dict, tensors:dict)->set:
+    "Epochs already labelled in checkpoint folder `part`, copied into `tensors` (an unreadable file is labelled again)."
     if part is None: return set()
     if (part/'run.json').exists():
-        if load_json(part/'run.json').get('fingerprint') != fp:
+        if load_json(part/'run.json').get('fingerprint') != fingerprint:
             raise CVDDError(f'{part.parent} holds an unfinished relabel of other images, teachers or settings', 'use a new output folder, or delete that one to start over')
-    else: save_json(part/'run.json', dict(fingerprint=fp))
+    else: save_json(part/'run.json', dict(fingerprint=fingerprint))
     done = set()
     for f in sorted(part.glob('e*.safetensors')):
         try: e, z = int(f.stem[1:]), st_load(f.read_bytes())
         except Exception as err: z, why = None, type(err).__name__
         else: why = 'wrong tensors for this store'
-        if z is not None and 0 <= e < len(t['order']) and z.keys() == t.keys() and all(z[k].shape == t[k][e].shape and z[k].dtype == t[k].dtype for k in t):
-            for k in t: t[k][e] = z[k]
+        if z is not None and 0 <= e < len(tensors['order']) and z.keys() == tensors.keys() and all(z[k].shape == tensors[k][e].shape and z[k].dtype == tensors[k].dtype for k in tensors):
+            for k in tensors: tensors[k][e] = z[k]
             done.add(e)
         else: warnings.warn(f'relabel: checkpoint {f} is unreadable ({why}); that epoch is labelled again', RuntimeWarning)
     return done
@@ -526,28 +526,28 @@ def relabel(images:torch.Tensor,            # normalised float images (N, C, H, 
     cfg = as_relabel_config(config); check_images(images, info=info)
     com, aug, device = make_committee(teachers, info, cfg, priors, names), Augmenter(info, cfg, order), get_device(device)
     n, K, bounds = len(images), info.num_classes, batch_bounds(len(images), cfg.batch_size)
-    t, x_all, t0 = _empty_store(cfg.epochs, n, len(bounds), K, cfg.topk, cfg.batch_size), images.detach().to(device), time.perf_counter()
+    tensors, x_all, t0 = _empty_store(cfg.epochs, n, len(bounds), K, cfg.topk, cfg.batch_size), images.detach().to(device), time.perf_counter()
     part = Path(out)/PARTIAL if out is not None else None
-    fp = _relabel_fingerprint(cfg, images, com, K) | ({} if order == 'cvdd' else dict(order=order))
+    fingerprint = _relabel_fingerprint(cfg, images, com, K) | ({} if order == 'cvdd' else dict(order=order))
     share = share or Share()
-    done, mine = share.main_first(lambda: _resume_epochs(part, fp, t)), share.mine(cfg.epochs)
+    done, mine = share.main_first(lambda: _resume_epochs(part, fingerprint, tensors)), share.mine(cfg.epochs)
     with com.placed(device):
         for e in progress(mine, desc='relabel', disable=quiet or not share.main or None):
             if e in done: continue
             for b, ((s, _), a) in enumerate(zip(bounds, aug.plan(n, e))):
-                _put(t, e, b, s, a, compress_logits(com(apply_aug(x_all, a)), cfg.topk))
+                _put(tensors, e, b, s, a, compress_logits(com(apply_aug(x_all, a)), cfg.topk))
             tally('relabel_epochs')
-            if part is not None: atomic_write(part/f'e{e:04d}.safetensors', st_save({k: v[e].contiguous() for k, v in t.items()}))
+            if part is not None: atomic_write(part/f'e{e:04d}.safetensors', st_save({k: v[e].contiguous() for k, v in tensors.items()}))
     seconds = time.perf_counter() - t0
     if share.active:                                     # every process's epochs into every process's store
-        parts = share.gather(({k: v[mine] for k, v in t.items()}, seconds))
+        parts = share.gather(({k: v[mine] for k, v in tensors.items()}, seconds))
         for r, (got, _) in enumerate(parts):
-            for k, v in got.items(): t[k][Share(r, share.world_size).mine(cfg.epochs)] = v
+            for k, v in got.items(): tensors[k][Share(r, share.world_size).mine(cfg.epochs)] = v
         seconds = max(s for _, s in parts)
     meta = dict(config=cfg.to_dict(), n=n, num_classes=K, img_size=list(info.img_size), dataset=info.name, class_names=list(info.class_names),
                 teachers=com.names, weights=com.weights.tolist(), priors=com.priors, flip=aug.flip, order=order, images=images_fingerprint(images),
                 seconds=round(seconds, 3), versions=versions())
-    store = LabelStore(t, meta)
+    store = LabelStore(tensors, meta)
     if out is not None:
         if share.main: store.save(out); shutil.rmtree(part, ignore_errors=True)
         share.barrier()

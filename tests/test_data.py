@@ -12,8 +12,8 @@ from PIL import Image
 import cvdd_nb.data as D
 from cvdd_nb.core import CVDDError
 from cvdd_nb.data import (DatasetInfo, Split, Data, load_dataset, list_datasets, normalize, denormalize, pixel_bounds,
-                          per_class_subset, class_counts, channel_stats, stratified_split, fixture_images, read_idx, write_idx,
-                          write_idx_fixture, write_cifar_fixture, write_imagefolder_fixture)
+                          per_class_subset, class_counts, channel_stats, stratified_split, read_idx, write_idx)
+from cvdd_nb.testing import fixture_images, write_cifar_fixture, write_idx_fixture, write_imagefolder_fixture
 
 
 def class_major(x, y):

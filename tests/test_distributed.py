@@ -28,7 +28,7 @@ def _worker(pool, data, out):
     st = distributed_relabel(seq.images, pool, data.info, dict(epochs=3, topk=4), out=os.path.join(out, 'labels'), env=env)
     stu = ddp_train_student(seq.images, seq.labels, data.info, st, dict(epochs=3), seed=0, test=data.test, env=env)
     ex = ddp_train_expert('convnet', data, dict(epochs=3), width=0.25, seed=3, quiet=True, env=env)
-    return dict(rank=env.rank, world=env.world_size, seq=seq.images, ce=seq.ce, bn=seq.bn, mix=mix.images, store=st.t,
+    return dict(rank=env.rank, world=env.world_size, seq=seq.images, ce=seq.ce, bn=seq.bn, mix=mix.images, store=st.tensors,
                 student=stu.model.state_dict(), acc=stu.acc, loss=[h['loss'] for h in stu.history],
                 expert=ex.model.state_dict(), expert_acc=ex.meta.test_acc)
 
@@ -63,9 +63,9 @@ def test_relabel_gives_the_same_store(two, pool, data):
     res, out = two
     one = relabel(res[0]['seq'], pool, data.info, dict(epochs=3, topk=4))
     back = LabelStore.load(out/'labels')
-    for r in res + [dict(store=back.t)]:
-        fct.test_eq(sorted(r['store']), sorted(one.t))
-        for k, v in one.t.items(): assert torch.equal(r['store'][k], v), k
+    for r in res + [dict(store=back.tensors)]:
+        fct.test_eq(sorted(r['store']), sorted(one.tensors))
+        for k, v in one.tensors.items(): assert torch.equal(r['store'][k], v), k
     fct.test_eq(back.meta['images'], one.meta['images'])
 
 def test_ddp_student_equals_single_process(two, pool, data):

@@ -84,7 +84,7 @@ def test_distilled_set_roundtrip_with_store(pool, data, xy, tmp_path):
     back = DistilledSet.load(tmp_path/'ds')
     for k in ('images', 'labels', 'weights'): assert torch.equal(getattr(back, k), getattr(ds, k)), k
     for k in ('info', 'method', 'relabel', 'teachers', 'priors', 'committee', 'seeds', 'config', 'versions'): fct.test_eq(getattr(back, k), getattr(ds, k))
-    for k, v in ds.store.t.items(): assert torch.equal(back.store.t[k], v)
+    for k, v in ds.store.tensors.items(): assert torch.equal(back.store.tensors[k], v)
     fct.test_eq(len(list((tmp_path/'ds/images').rglob('*.png'))), 30)
     meta = json.loads((tmp_path/'ds/distilled.json').read_text())
     fct.test_eq((meta['ipc'], meta['n'], meta['info']['class_names'][3]), (3, 30, '3'))

@@ -200,7 +200,7 @@ def test_reference_files_convert_to_the_views_its_trainer_makes(tmp_path, mix, f
     reference_relabel(folder, tmp_path/'fkd_bs5_ipc2', epochs=2, B=5, mix=mix, fp16=fp16)
     x = DistilledSet.from_folder(folder, ds.info).images
     store = store_from_fkd(tmp_path/'fkd_bs5_ipc2', x, ds.info)
-    fct.test_eq((store.config.mix, store.t['logits'].dtype), (mix, torch.half if fp16 else torch.float32))
+    fct.test_eq((store.config.mix, store.tensors['logits'].dtype), (mix, torch.half if fp16 else torch.float32))
     std = torch.tensor(ds.info.std).view(1, 3, 1, 1)
     for e in range(2):
         ours = list(store.replay(x, e))

@@ -116,11 +116,11 @@ def test_store_roundtrip_one_file_and_sizes(pool, data, xy, tmp_path):
     fct.test_eq(sorted(p.name for p in (tmp_path/'l').iterdir()), ['labels.json', 'labels.safetensors'])
     fct.test_eq(st.nbytes, sum(p.stat().st_size for p in (tmp_path/'l').iterdir()))
     back = LabelStore.load(tmp_path/'l')
-    fct.test_eq(set(back.t), set(st.t))
-    for k, v in st.t.items(): assert torch.equal(back.t[k], v) and back.t[k].dtype == v.dtype, k
+    fct.test_eq(set(back.tensors), set(st.tensors))
+    for k, v in st.tensors.items(): assert torch.equal(back.tensors[k], v) and back.tensors[k].dtype == v.dtype, k
     fct.test_eq((back.teachers, back.weights, back.config), (st.teachers, st.weights, st.config))
-    fct.test_eq(back.t['logits'].dtype, torch.float16)
-    fct.test_eq(store_bytes(30, 10, 3), sum(v.numel() * v.element_size() for v in st.t.values()))
+    fct.test_eq(back.tensors['logits'].dtype, torch.float16)
+    fct.test_eq(store_bytes(30, 10, 3), sum(v.numel() * v.element_size() for v in st.tensors.values()))
     for e in range(3):
         for b, a in enumerate(Augmenter(data.info, st.config).plan(30, e)): assert back.aug(e, b).same(a)
     (tmp_path/'l/labels.safetensors').write_bytes(b'garbage')
@@ -129,7 +129,7 @@ def test_store_roundtrip_one_file_and_sizes(pool, data, xy, tmp_path):
 
 def test_topk_store_reconstructs(pool, data, xy):
     x = xy[0]; full = relabel(x, pool, data.info, dict(epochs=1), PRIORS); top = relabel(x, pool, data.info, dict(epochs=1, topk=3), PRIORS)
-    assert 'logits' not in top.t and top.t['indices'].dtype == torch.int16
+    assert 'logits' not in top.tensors and top.tensors['indices'].dtype == torch.int16
     for b in range(len(full.bounds)):
         zf, zt = full.logits(0, b), top.logits(0, b)
         v, i = zf.topk(3, 1)

@@ -89,7 +89,7 @@ def test_relabel_resume_labels_only_the_epochs_left(pool, data, xy, tmp_path, mo
     assert c['relabel_epochs'] == 4
     with counting() as c: back = relabel(x, pool, data.info, RL, out=tmp_path, quiet=True)
     assert c['relabel_epochs'] == 2, c                                # epochs 4 and 5 only
-    for k, v in ref.t.items(): assert torch.equal(back.t[k], v), k
+    for k, v in ref.tensors.items(): assert torch.equal(back.tensors[k], v), k
 
 def test_relabel_damaged_epoch_is_named_and_labelled_again(pool, data, xy, tmp_path, monkeypatch):
     x = xy[0]
@@ -103,7 +103,7 @@ def test_relabel_damaged_epoch_is_named_and_labelled_again(pool, data, xy, tmp_p
     msgs = [str(w.message) for w in caught if 'unreadable' in str(w.message)]
     assert len(msgs) == 1 and 'e0002.safetensors' in msgs[0] and 'labelled again' in msgs[0], msgs
     assert c['relabel_epochs'] == 3, c                                # epoch 2 again, then 4 and 5
-    for k, v in ref.t.items(): assert torch.equal(back.t[k], v), k
+    for k, v in ref.tensors.items(): assert torch.equal(back.tensors[k], v), k
 
 def test_student_resume_trains_only_the_epochs_left(data, xy, tmp_path):
     x, y = xy
