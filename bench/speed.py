@@ -28,8 +28,9 @@ from accuracy import git_commit
 from cvdd_nb.data import Data, DatasetInfo, Split, load_dataset, normalize, pixel_bounds
 from cvdd_nb.models import bn_layers, create_model
 from cvdd_nb.experts import Expert, ExpertMeta, ExpertPool, resolve_flip, train_pool
-from cvdd_nb.recover import (RecoverConfig, apply_augment, committee_loss, committee_plan, compute_priors, cosine_lr, crop_scale,
-                             draw_augment, plan_units, recover, resolve_roll, unit_seed, unit_start)
+from cvdd_nb.committee import committee_loss, committee_plan, compute_priors, unit_seed
+from cvdd_nb.augment import apply_augment, crop_scale, draw_augment
+from cvdd_nb.recover import RecoverConfig, cosine_lr, plan_units, recover, resolve_roll, unit_start
 from cvdd_nb.relabel import (LabelStore, OnlineLabeler, RelabelConfig, apply_aug, batch_bounds, make_committee, relabel)
 from cvdd_nb.evaluate import train_student
 

@@ -14,7 +14,8 @@ from .core import (CVDDError, Config, RunDir, atomic_write, check_choice, get_de
 from .data import Data, class_counts, list_datasets, load_dataset, holdout_split, per_class_indices, per_class_subset
 from .models import list_models
 from .experts import ExpertPool, ExpertRecipe, resolve_pool, train_pool
-from .recover import RecoverConfig, Recovered, StepState, committee_plan, compute_priors, recover, votes_markdown
+from .committee import committee_plan, compute_priors, votes_markdown
+from .recover import RecoverConfig, Recovered, StepState, recover
 from .relabel import LabelStore, RelabelConfig, relabel
 from .evaluate import DistilledSet, EvalConfig, EvalResult, ResultsTable, distill_priors, evaluate_set
 from .protocols import HardProtocol, evaluate_hard

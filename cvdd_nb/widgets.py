@@ -14,7 +14,8 @@ from matplotlib.figure import Figure
 from .core import CVDDError
 from .data import DatasetInfo, denormalize
 from .experts import ExpertPool
-from .recover import RecoverConfig, StepState, committee_plan, compute_priors, vote_weights
+from .committee import committee_plan, compute_priors, vote_weights
+from .recover import RecoverConfig, StepState
 from .plots import PNG_SIGNATURE, fig_png, grid_figure, grid_png
 
 # %% auto #0

@@ -7,8 +7,10 @@ from cvdd_nb.core import CVDDError, make_generator
 from cvdd_nb.data import pixel_bounds
 from cvdd_nb.models import bn_layers, create_model
 from cvdd_nb.experts import ExpertPool, train_expert
-from cvdd_nb.recover import (BNStats, History, Recovered, RecoverConfig, StopRecover, committee_loss, committee_plan,
-                             committee_schedule, compute_priors, draw_augment, init_bank, initial_images, recover, unit_seed, vote_weights)
+from cvdd_nb.committee import (BNStats, committee_loss, committee_plan, committee_schedule, compute_priors, unit_seed,
+                               vote_weights)
+from cvdd_nb.augment import draw_augment
+from cvdd_nb.recover import History, Recovered, RecoverConfig, StopRecover, init_bank, initial_images, recover
 
 pytestmark = pytest.mark.usefixtures('one_thread')     # one thread: 250 s -> 35 s on a busy 2-core machine
 

@@ -7,9 +7,9 @@ import fastcore.test as fct
 from cvdd_nb.core import CVDDError
 from cvdd_nb.experts import ExpertPool
 from cvdd_nb.models import create_model
-from cvdd_nb.relabel import (Augmenter, BatchAug, LabelStore, OnlineLabeler, RelabelConfig, apply_aug, batch_bounds, bssl_mode,
-                             compress_logits, crop_flip, draw_batch, expand_logits, label_source, label_weights, make_committee,
-                             relabel, store_bytes, teacher_logits)
+from cvdd_nb.augment import BatchAug, apply_aug, draw_batch, resized_crop
+from cvdd_nb.relabel import (Augmenter, LabelStore, OnlineLabeler, RelabelConfig, batch_bounds, bssl_mode, compress_logits,
+                             expand_logits, label_source, label_weights, make_committee, relabel, store_bytes, teacher_logits)
 
 PRIORS = [80.0, 90.0]
 
@@ -86,11 +86,11 @@ def test_flip_setting(data, xy):
     cifar = dataclasses.replace(data.info, name='cifar10')
     assert any(a.flips.any() for a in Augmenter(cifar, RelabelConfig()).plan(40, 0))
 
-def test_crop_flip_matches_interpolate(xy):
+def test_resized_crop_matches_interpolate(xy):
     x = xy[0][:3]; cr = torch.tensor([[1, 2, 5, 3], [0, 0, 8, 8], [4, 4, 2, 2]]); fl = torch.tensor([False, True, False])
     ref = [F.interpolate(x[i:i+1, :, t:t+h, l:l+w], size=(8, 8), mode='bilinear', align_corners=False) for i, (t, l, h, w) in enumerate(cr.tolist())]
     ref[1] = ref[1].flip(3)
-    fct.test_close(crop_flip(x, cr, fl), torch.cat(ref), eps=1e-5)
+    fct.test_close(resized_crop(x, cr, fl), torch.cat(ref), eps=1e-5)
 
 @pytest.mark.parametrize('mix', ['cutmix', 'mixup', 'none'])
 def test_labels_are_made_on_the_mixed_batch(pool, data, xy, mix):
@@ -100,7 +100,7 @@ def test_labels_are_made_on_the_mixed_batch(pool, data, xy, mix):
         for b in range(len(st.bounds)):
             a = st.aug(e, b); xm = apply_aug(x, a)
             assert torch.equal(st.logits(e, b), com(xm).half().float())       # teachers on exactly the mixed batch
-            xc = crop_flip(x[a.idx], a.crops, a.flips)
+            xc = resized_crop(x[a.idx], a.crops, a.flips)
             if mix == 'mixup': fct.test_close(xm, a.lam * xc + (1 - a.lam) * xc[a.perm], eps=1e-6)
             if mix == 'none': assert torch.equal(xm, xc)
             if mix == 'cutmix':
@@ -109,7 +109,7 @@ def test_labels_are_made_on_the_mixed_batch(pool, data, xy, mix):
                 fct.test_close(a.lam, 1 - (y1 - y0) * (x1 - x0) / 64, eps=1e-6)
     if mix != 'none':                                                         # the unmixed batch would get other labels
         a = st.aug(0, 0)
-        assert (st.logits(0, 0) - com(crop_flip(x[a.idx], a.crops, a.flips)).half().float()).abs().max() > 1e-2
+        assert (st.logits(0, 0) - com(resized_crop(x[a.idx], a.crops, a.flips)).half().float()).abs().max() > 1e-2
 
 def test_store_roundtrip_one_file_and_sizes(pool, data, xy, tmp_path):
     x = xy[0]; st = relabel(x, pool, data.info, dict(epochs=3), PRIORS, out=tmp_path/'l')

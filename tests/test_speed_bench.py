@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest, torch
 import fastcore.test as fct
 from cvdd_nb.experts import ExpertPool
-from cvdd_nb.recover import RecoverConfig, committee_plan, compute_priors, recover
+from cvdd_nb.committee import committee_plan, compute_priors
+from cvdd_nb.recover import RecoverConfig, recover
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures('one_thread')

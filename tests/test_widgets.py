@@ -8,7 +8,8 @@ import fastcore.test as fct
 
 from cvdd_nb.data import load_dataset
 from cvdd_nb.experts import ExpertPool, train_expert
-from cvdd_nb.recover import History, RecoverConfig, recover, vote_weights
+from cvdd_nb.committee import vote_weights
+from cvdd_nb.recover import History, RecoverConfig, recover
 from cvdd_nb.evaluate import EvalResult, ResultsTable
 from cvdd_nb.plots import PNG_SIGNATURE, fig_png, grid_figure, grid_png
 from cvdd_nb.widgets import PoolView, RecoverWatcher, ResultsView, VoteInspector, pool_figure, pool_rows, votes_figure, votes_html
