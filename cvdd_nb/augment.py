@@ -27,7 +27,8 @@ def crop_boxes(n:int, H:int, W:int,          # number of boxes, image size
     w, h = torch.round(torch.sqrt(area * s * ar)), torch.round(torch.sqrt(area * s / ar))
     ok = (w > 0) & (w <= W) & (h > 0) & (h <= H)
     first, found = ok.to(torch.int8).argmax(1, keepdim=True), ok.any(1)
-    w = torch.where(found, w.gather(1, first)[:, 0], float(W)); h = torch.where(found, h.gather(1, first)[:, 0], float(H))
+    w = torch.where(found, w.gather(1, first)[:, 0], float(W))
+    h = torch.where(found, h.gather(1, first)[:, 0], float(H))
     u = torch.rand(n, 2, generator=g, dtype=torch.float64)
     i, j = torch.floor(u[:, 0] * (H - h + 1)), torch.floor(u[:, 1] * (W - w + 1))
     return torch.stack([i, j, h, w], 1).long()
@@ -106,7 +107,8 @@ def apply_augment(x:torch.Tensor, p:AugParams)->torch.Tensor:
 def augment_batch(xs:list, params:list)->torch.Tensor:
     "Augment the segments `xs` of a grouped batch, each with its own `AugParams`, into one batch."
     if params[0].shared: return torch.cat([apply_augment(x, p) for x, p in zip(xs, params)])
-    return apply_augment(torch.cat(xs), AugParams(*(torch.cat([getattr(p, f) for p in params]) for f in ('boxes', 'flips', 'shifts')), False))
+    return apply_augment(torch.cat(xs),
+                         AugParams(*(torch.cat([getattr(p, f) for p in params]) for f in ('boxes', 'flips', 'shifts')), False))
 
 # %% ../nbs/04b_augment.ipynb #16e68ea6
 def seeded_rng(*parts)->np.random.Generator: return np.random.default_rng([int(p) for p in parts])
@@ -160,7 +162,8 @@ def draw_batch(idx:torch.Tensor,          # the batch's image indices
     rng, (H, W), n = seeded_rng(seed, 1, epoch, batch), img_size, len(idx)
     crops = torch.tensor([crop_params(rng, H, W, config.min_scale) for _ in range(n)], dtype=torch.long).view(n, 4)
     flips = torch.from_numpy(rng.random(n) < 0.5) if flip else torch.zeros(n, dtype=torch.bool)
-    if config.mix == 'none': return BatchAug(idx, crops, flips, torch.arange(n), 1.0, torch.zeros(4, dtype=torch.long), 'none')
+    if config.mix == 'none':
+        return BatchAug(idx, crops, flips, torch.arange(n), 1.0, torch.zeros(4, dtype=torch.long), 'none')
     perm, lam = torch.from_numpy(rng.permutation(n)).long(), float(np.float32(rng.beta(config.mix_beta, config.mix_beta)))
     box = (0, 0, 0, 0)
     if config.mix == 'cutmix':

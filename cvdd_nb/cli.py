@@ -33,7 +33,8 @@ def _print_results(res:dict):
     print(f"\nCV-DD on {res['dataset']}, IPC {res['ipc']}: final-epoch top-1 % on the real test set\n")
     print('| method | top-1 % (mean ± std) | runs |\n|---|---|---|')
     for m, r in res['methods'].items(): print(f"| {m} | {r['acc_mean']:.2f} ± {r['acc_std']:.2f} | {len(r['accs'])} |")
-    t = res['timing_s']; print('\ntime (s): ' + ', '.join(f'{k} {v:.0f}' for k, v in t.items()) + f', total {sum(t.values()):.0f}')
+    t = res['timing_s']
+    print('\ntime (s): ' + ', '.join(f'{k} {v:.0f}' for k, v in t.items()) + f', total {sum(t.values()):.0f}')
 
 def cmd_run(args, until:str='report'):
     "Run (or resume) a config up to `until`."
@@ -54,7 +55,9 @@ def cmd_demo(args):
 def cmd_show(args):
     "Print a finished run's table."
     p = Path(args.run)/'results.json'
-    if not p.exists(): raise CVDDError(f'{p} does not exist: the run has not finished', f'finish it with `cvdd run --config ... --out {args.run}`')
+    if not p.exists():
+        raise CVDDError(f'{p} does not exist: the run has not finished',
+                        f'finish it with `cvdd run --config ... --out {args.run}`')
     _print_results(load_json(p, dict(dataset=str, ipc=int, methods=dict, timing_s=dict)))
 
 # %% ../nbs/10_cli.ipynb #68e4db5c
@@ -63,7 +66,8 @@ DEMO_POOL = ['convnet:0.5', 'resnet18:0.25', 'mobilenetv2:0.5', 'shufflenetv2:1'
 def experts_train(args):
     "Train (or resume) a pool of experts and print its table."
     if args.zoo: return experts_zoo(args)
-    if not args.out: raise CVDDError('experts train needs --out (the pool folder), or --zoo DATASET', 'add --out runs/pools/<name>')
+    if not args.out:
+        raise CVDDError('experts train needs --out (the pool folder), or --zoo DATASET', 'add --out runs/pools/<name>')
     data = load_dataset(args.dataset, root=args.root)
     archs = [parse_arch_spec(a) for a in args.arch]
     t0 = time.perf_counter()
@@ -102,7 +106,8 @@ def experts_import(args):
     folder = args.dataset in ('imagenette', 'imagefolder')
     kw = dict(img_size=args.img_size or REFERENCE_DATASETS[args.dataset]['size']) if folder or args.img_size else {}
     data = load_dataset(args.dataset, root=args.root, **kw)
-    pool = ExpertPool.from_reference(args.src, data, out=args.out, names=args.names, measure=not args.no_measure, min_margin=args.min_margin)
+    pool = ExpertPool.from_reference(args.src, data, out=args.out, names=args.names, measure=not args.no_measure,
+                                     min_margin=args.min_margin)
     print(f'{len(pool)} reference experts for {data.info.name} ({len(data.test)} test images), saved in {args.out}\n')
     print(pool.to_markdown())
     return pool
@@ -112,32 +117,46 @@ SET_LAYOUTS = ('reference', 'imagefolder', 'ddranking')   # what `cvdd sets expo
 
 def _add_sets(sub):
     "The `cvdd sets` group: import, export, evaluate."
-    ss = sub.add_parser('sets', help="import, export or evaluate distilled sets (the reference's files, ImageFolder, DD-Ranking)")
+    ss = sub.add_parser('sets',
+                        help="import, export or evaluate distilled sets (the reference's files, ImageFolder, DD-Ranking)")
     ss = ss.add_subparsers(dest='sets_cmd', required=True)
     def data(p):
-        p.add_argument('--dataset', required=True, help=f'the dataset the images belong to: {", ".join(list_datasets())}')
+        p.add_argument('--dataset', required=True,
+                       help=f'the dataset the images belong to: {", ".join(list_datasets())}')
         p.add_argument('--root', default=None, help='folder holding the dataset files')
         p.add_argument('--img-size', type=int, default=None, help='image side to load an image-folder dataset at')
     def one_set(p):
-        p.add_argument('set', metavar='SET', help='a set folder (`cvdd sets import`), a run folder, or a run\'s recover/<method>/')
+        p.add_argument('set', metavar='SET',
+                       help='a set folder (`cvdd sets import`), a run folder, or a run\'s recover/<method>/')
         p.add_argument('--method', default='cvdd', help="with a run folder: which method's images (cvdd, sre2l++)")
-    i = ss.add_parser('import', help="an image folder (the reference's or an ImageFolder), with the reference's soft labels, as a set")
-    i.add_argument('folder', metavar='FOLDER', help='new{c:03d}/class{c:03d}_id{k:03d}.{jpg,png} or <class>/<image> files'); data(i)
-    i.add_argument('--fkd', metavar='DIR', default=None, help="the reference's soft-label folder for these images (<fkd>_bs{B}_ipc{N})")
+    i = ss.add_parser('import',
+                      help="an image folder (the reference's or an ImageFolder), with the reference's soft labels, as a set")
+    i.add_argument('folder', metavar='FOLDER',
+                   help='new{c:03d}/class{c:03d}_id{k:03d}.{jpg,png} or <class>/<image> files')
+    data(i)
+    i.add_argument('--fkd', metavar='DIR', default=None,
+                   help="the reference's soft-label folder for these images (<fkd>_bs{B}_ipc{N})")
     i.add_argument('--fkd-seed', type=int, default=42, help="the reference's --fkd-seed (its loader's image order)")
     i.add_argument('--name', default='imported', help='the method name in tables')
     i.add_argument('--out', required=True, help='the set folder to write (new or empty)')
-    e = ss.add_parser('export', help="a set as the reference's image folder (and label files), an ImageFolder, or DD-Ranking's tensors")
+    e = ss.add_parser('export',
+                      help="a set as the reference's image folder (and label files), an ImageFolder, or DD-Ranking's tensors")
     one_set(e); e.add_argument('--layout', required=True, choices=SET_LAYOUTS)
-    e.add_argument('--fmt', default='png', choices=FORMATS, help='image files: png (lossless) or jpg (what the reference writes)')
-    e.add_argument('--fkd', action='store_true', help="also write the set's stored soft labels as the reference's files")
-    e.add_argument('--pool', default=None, help='with ddranking: experts whose committee logits become the soft labels (labels.pt)')
+    e.add_argument('--fmt', default='png', choices=FORMATS,
+                   help='image files: png (lossless) or jpg (what the reference writes)')
+    e.add_argument('--fkd', action='store_true',
+                   help="also write the set's stored soft labels as the reference's files")
+    e.add_argument('--pool', default=None,
+                   help='with ddranking: experts whose committee logits become the soft labels (labels.pt)')
     e.add_argument('--syn-lr', type=float, default=None, help='with ddranking: a student learning rate for lr.pt')
     e.add_argument('--out', required=True, help='the folder to write (new or empty)')
-    v = ss.add_parser('evaluate', help='students trained on a set with its stored labels, scored on the real test set'); one_set(v); data(v)
+    v = ss.add_parser('evaluate', help='students trained on a set with its stored labels, scored on the real test set')
+    one_set(v)
+    data(v)
     v.add_argument('--epochs', type=int, default=None, help='student epochs (default: as many as the labels hold)')
     v.add_argument('--seeds', type=int, nargs='+', default=[0], help='one student per seed')
-    v.add_argument('--student', default='convnet:0.5', help='ARCH[:WIDTH] of the student'); v.add_argument('--device', default=None)
+    v.add_argument('--student', default='convnet:0.5', help='ARCH[:WIDTH] of the student')
+    v.add_argument('--device', default=None)
 
 # %% ../nbs/10_cli.ipynb #652a74c4
 def load_set(path:str|Path,        # a set folder (`DistilledSet.save`), a run folder, or a run's recover/<method>/ folder
@@ -151,45 +170,53 @@ def load_set(path:str|Path,        # a set folder (`DistilledSet.save`), a run f
         raise CVDDError(f'{p} is neither a distilled set (no distilled.json) nor a run folder (no recover/{method}/recovered.json)',
                         'point at a folder written by `cvdd sets import` (or DistilledSet.save), or at a run folder')
     ds, labels = DistilledSet.from_recovered(Recovered.load(rec)), rec.parent.parent/'labels'/rec.name
-    if (labels/STORE_JSON).exists(): ds.store = LabelStore.load(labels).check(ds.images); ds.relabel = ds.store.config.to_dict()
+    if (labels/STORE_JSON).exists():
+        ds.store = LabelStore.load(labels).check(ds.images); ds.relabel = ds.store.config.to_dict()
     return ds
 
 # %% ../nbs/10_cli.ipynb #23faff60
 def folder_fits(root:str|Path,     # an image folder (any layout) or a run folder holding one
                 info:DatasetInfo): # the dataset named by --dataset
-    "Raise a `CVDDError` naming `--dataset` unless the folder has the dataset's class count and image size (of its first image)."
+    ("Raise a `CVDDError` naming `--dataset` unless the folder has the dataset's class count and image size (of its "
+     "first image).")
     from PIL import Image
     root = find_image_folder(root); layout = folder_layout(root)
     files = sorted(f for f in root.rglob('*') if f.is_file() and f.suffix.lower() in READABLE)
     classes = len({f.name.split('_')[0] for f in files}) if layout == 'flat' else sum(d.is_dir() for d in root.iterdir())
     try:
         with Image.open(files[0]) as im: w, h = im.size
-    except OSError as e: raise CVDDError(f'cannot read image {files[0]}: {e}', 'remove or replace the damaged file') from None
+    except OSError as e:
+        raise CVDDError(f'cannot read image {files[0]}: {e}', 'remove or replace the damaged file') from None
     (H, W), K = info.img_size, info.num_classes
     if (classes, h, w) == (K, H, W): return
-    inner = next((d for d in sorted(root.iterdir()) if d.is_dir() and any(s.is_dir() for s in d.iterdir())), None) if classes != K else None
+    inner = next((d for d in sorted(root.iterdir()) if d.is_dir() and any(s.is_dir() for s in d.iterdir())),
+                 None) if classes != K else None
     fix = (f'point at the folder whose sub-folders are the classes, e.g. {inner}' if inner else 'pass the --dataset the images were distilled from'
            + (f' (an image-folder dataset: with --img-size {h})' if (h, w) != (H, W) else ''))
-    raise CVDDError(f'{root} holds {classes} class{"es" * (classes != 1)} of {h}x{w} images; {info.name} has {K} classes of {H}x{W} images', fix)
+    raise CVDDError(f'{root} holds {classes} class{"es" * (classes != 1)} of {h}x{w} images; {info.name} has {K} '
+                    f'classes of {H}x{W} images', fix)
 
 # %% ../nbs/10_cli.ipynb #f6054c05
 def fresh_folder(path:str|Path)->Path:
     "`path`, unless it exists and holds something."
     p = Path(path)
     if p.exists() and (not p.is_dir() or any(p.iterdir())):
-        raise CVDDError(f'{p} exists and is not empty', 'write into a new folder (or delete this one to write it again)')
+        raise CVDDError(f'{p} exists and is not empty',
+                        'write into a new folder (or delete this one to write it again)')
     return p
 
 # %% ../nbs/10_cli.ipynb #65a837a4
 def sets_import(args)->DistilledSet:
     "An image folder (with the reference's soft labels, if given) as a set folder, checked against the dataset."
     out = fresh_folder(args.out)
-    if args.fkd: fkd_shape(args.fkd)                     # a missing or incomplete label folder fails before any image is read
+    # a missing or incomplete label folder fails before any image is read
+    if args.fkd: fkd_shape(args.fkd)
     data = load_dataset(args.dataset, root=args.root, **({'img_size': args.img_size} if args.img_size else {}))
     folder_fits(args.folder, data.info)
     ds = DistilledSet.from_folder(args.folder, data.info, args.name, fkd=args.fkd, fkd_seed=args.fkd_seed)
     ds.save(out); src, st = ds.config['source'], ds.store
-    print(f'{len(ds)} images of {data.info.name} ({data.info.num_classes} classes, IPC {ds.ipc}, {src["layout"]} layout) from {src["folder"]}')
+    print(f'{len(ds)} images of {data.info.name} ({data.info.num_classes} classes, IPC {ds.ipc}, {src["layout"]} '
+          f'layout) from {src["folder"]}')
     print(f"labels: the reference's soft labels, {st.epochs} epochs in batches of {st.config.batch_size} ({st.config.mix})" if st is not None
           else "labels: none stored (add --fkd DIR for the reference's soft labels)")
     print(f'saved in {out}')
@@ -197,10 +224,12 @@ def sets_import(args)->DistilledSet:
 
 # %% ../nbs/10_cli.ipynb #ba633eef
 def fkd_exportable(ds:DistilledSet, where)->LabelStore:
-    "The set's label store, if the reference's trainer would pair its labels with the right images of the exported folder."
+    ("The set's label store, if the reference's trainer would pair its labels with the right images of the exported "
+     "folder.")
     st = ds.store
     if st is None:
-        raise CVDDError(f'{where} holds no stored soft labels', "export without --fkd, or import the set with --fkd DIR (the reference's label files)")
+        raise CVDDError(f'{where} holds no stored soft labels',
+                        "export without --fkd, or import the set with --fkd DIR (the reference's label files)")
     if st.meta.get('order') != 'torch':
         raise CVDDError(f"{where}'s soft labels follow the kit's own image order; the reference's trainer would give them to other images",
                         "export without --fkd (the reference relabels its images itself), or relabel in Python with relabel(..., order='torch')")
@@ -211,12 +240,15 @@ def fkd_exportable(ds:DistilledSet, where)->LabelStore:
 
 # %% ../nbs/10_cli.ipynb #f749c10e
 def sets_ddranking(ds:DistilledSet, args, out:Path)->Path:
-    "`cvdd sets export --layout ddranking`: DD-Ranking's tensors, with soft labels from the committee of `--pool` if given."
+    ("`cvdd sets export --layout ddranking`: DD-Ranking's tensors, with soft labels from the committee of `--pool` if "
+     "given.")
     if args.fkd:
-        raise CVDDError("--fkd writes the reference's label files, which DD-Ranking does not read", 'drop --fkd (give --pool POOL for soft labels)')
+        raise CVDDError("--fkd writes the reference's label files, which DD-Ranking does not read",
+                        'drop --fkd (give --pool POOL for soft labels)')
     pool = ExpertPool.load(args.pool).check(ds.info) if args.pool else None
     if pool is not None and not set(ds.teachers or []) <= set(pool.names):
-        ds.teachers, ds.priors = None, None                  # teachers of another pool: every expert of this one, equal votes
+        # teachers of another pool: every expert of this one, equal votes
+        ds.teachers, ds.priors = None, None
     ds.export_ddranking(out, teachers=pool, syn_lr=args.syn_lr)
     meta = load_json(out/'meta.json')
     print(f"DD-Ranking files in {out}: {', '.join(meta['files'])}; images.pt is {meta['images']}\ncall: {meta['call']}")
@@ -224,17 +256,20 @@ def sets_ddranking(ds:DistilledSet, args, out:Path)->Path:
 
 # %% ../nbs/10_cli.ipynb #5cb5d42f
 def sets_export(args)->Path:
-    "A set as the reference's image folder (with its soft-label files on --fkd), an ImageFolder, or DD-Ranking's tensors."
+    ("A set as the reference's image folder (with its soft-label files on --fkd), an ImageFolder, or DD-Ranking's "
+     "tensors.")
     out, ds = fresh_folder(args.out), load_set(args.set, args.method)
     if args.layout == 'ddranking': return sets_ddranking(ds, args, out)
     if args.pool or args.syn_lr is not None:
-        raise CVDDError('--pool and --syn-lr are for --layout ddranking', 'drop them, or export with --layout ddranking')
+        raise CVDDError('--pool and --syn-lr are for --layout ddranking',
+                        'drop them, or export with --layout ddranking')
     st = fkd_exportable(ds, args.set) if args.fkd else None      # refused before anything is written
     images = ds.export_folder(out/'images', args.layout, args.fmt)
     print(f'images: {images} ({len(ds)} {args.fmt} files, {args.layout} layout, {ds.info.num_classes} classes)')
     if st is not None:
         fkd = store_to_fkd(st, fkd_folder(out/'fkd', st.config.batch_size, ds.ipc), seed=st.config.seed)
-        print(f"labels: {fkd} (the reference's soft-label files: {st.epochs} epochs of {len(st.bounds)} batches, --fkd-seed {st.config.seed})")
+        print(f"labels: {fkd} (the reference's soft-label files: {st.epochs} epochs of {len(st.bounds)} batches, "
+              f"--fkd-seed {st.config.seed})")
     return out
 
 # %% ../nbs/10_cli.ipynb #b81cd695
@@ -253,12 +288,15 @@ def sets_evaluate(args)->EvalResult:
     ds = load_set(args.set, args.method)
     data = load_dataset(args.dataset, root=args.root, **({'img_size': args.img_size} if args.img_size else {}))
     same_dataset(ds.info, data.info, args.set)
-    if ds.store is None: raise CVDDError(f'{args.set} holds no stored soft labels', "import the set with --fkd DIR (the reference's label files)")
+    if ds.store is None:
+        raise CVDDError(f'{args.set} holds no stored soft labels',
+                        "import the set with --fkd DIR (the reference's label files)")
     _, arch, width = parse_arch_spec(args.student)
     cfg = EvalConfig(student=arch, width=width, epochs=args.epochs or ds.store.epochs)
     r = evaluate_set(ds.images, ds.labels, ds.info, data.test, config=cfg, seeds=tuple(args.seeds), store=ds.store, method=ds.method,
                      device=args.device, quiet=args.quiet)
-    print(ResultsTable([r], f'{args.set} on the real {data.info.name} test set ({len(data.test)} images)').to_markdown())
+    print(ResultsTable([r],
+                       f'{args.set} on the real {data.info.name} test set ({len(data.test)} images)').to_markdown())
     return r
 
 # %% ../nbs/10_cli.ipynb #158b861e
@@ -269,7 +307,8 @@ def _add_data(p):
 def _add_run(p):
     p.add_argument('--config', required=True, help='a run config (TOML), e.g. configs/digits_ipc10.toml')
     p.add_argument('--out', default=None, help='run folder (default runs/<name>); rerunning resumes')
-    p.add_argument('--set', action='append', metavar='KEY=VALUE', help='override a setting, e.g. --set recover.iterations=100 (repeatable)')
+    p.add_argument('--set', action='append', metavar='KEY=VALUE',
+                   help='override a setting, e.g. --set recover.iterations=100 (repeatable)')
 
 def build_parser()->argparse.ArgumentParser:
     "The `cvdd` argument parser."
@@ -278,18 +317,23 @@ def build_parser()->argparse.ArgumentParser:
     sub = ap.add_subparsers(dest='cmd', required=True)
     d = sub.add_parser('demo', help='the whole CV-DD run on the embedded digits dataset')
     d.add_argument('--out', default='runs/demo', help='run folder')
-    _add_run(sub.add_parser('run', help='a whole run from a config: experts, priors, recover, relabel, evaluate, report'))
+    _add_run(sub.add_parser('run',
+                            help='a whole run from a config: experts, priors, recover, relabel, evaluate, report'))
     for st in ('recover', 'relabel', 'evaluate'): _add_run(sub.add_parser(st, help=f'a run up to and including {st}'))
     sh = sub.add_parser('show', help="print a finished run's accuracy table"); sh.add_argument('run', help='run folder')
     ex = sub.add_parser('experts', help='train, list, check or import expert pools').add_subparsers(dest='experts_cmd', required=True)
     t = ex.add_parser('train', help='train (or resume) a pool of experts')
     _add_data(t)
-    t.add_argument('--arch', nargs='+', default=DEMO_POOL, help=f'ARCH[:WIDTH] per expert; architectures: {", ".join(list_models())}')
+    t.add_argument('--arch', nargs='+', default=DEMO_POOL,
+                   help=f'ARCH[:WIDTH] per expert; architectures: {", ".join(list_models())}')
     t.add_argument('--out', default=None, help='pool folder (with --zoo: the zoo folder, default zoo/)')
-    t.add_argument('--zoo', default=None, choices=list(ZOO), help='rebuild this zoo pool (its experts, recipe, hold-out and snapshots)')
-    t.add_argument('--work', default=None, help='with --zoo: checkpoint folder (default <zoo>/.build); rerunning resumes')
+    t.add_argument('--zoo', default=None, choices=list(ZOO),
+                   help='rebuild this zoo pool (its experts, recipe, hold-out and snapshots)')
+    t.add_argument('--work', default=None,
+                   help='with --zoo: checkpoint folder (default <zoo>/.build); rerunning resumes')
     t.add_argument('--jobs', type=int, default=1, help='with --zoo: experts trained at once, in separate processes')
-    t.add_argument('--threads', type=int, default=None, help='with --zoo: torch threads per process (default: cores / jobs)')
+    t.add_argument('--threads', type=int, default=None,
+                   help='with --zoo: torch threads per process (default: cores / jobs)')
     t.add_argument('--only', nargs='+', default=None, help='with --zoo: train only these experts')
     t.add_argument('--epochs', type=int, default=20); t.add_argument('--batch-size', type=int, default=128)
     t.add_argument('--seed', type=int, default=0); t.add_argument('--device', default=None)
@@ -297,20 +341,27 @@ def build_parser()->argparse.ArgumentParser:
     c = ex.add_parser('check', help='check a saved pool against a dataset'); c.add_argument('pool'); _add_data(c)
     im = ex.add_parser('import', help="import the CV-DD reference's expert pool for one dataset (DIR/<Name>.pth)")
     im.add_argument('src', metavar='DIR', help="the reference pool's folder for the dataset")
-    im.add_argument('--dataset', required=True, choices=list(REFERENCE_DATASETS), help='the dataset the pool was trained on')
+    im.add_argument('--dataset', required=True, choices=list(REFERENCE_DATASETS),
+                    help='the dataset the pool was trained on')
     im.add_argument('--root', default=None, help='folder holding the dataset files')
     im.add_argument('--out', required=True, help='pool folder to write')
-    im.add_argument('--names', nargs='+', default=None, choices=REFERENCE_NAMES, help='import only these experts (default: every one present)')
-    im.add_argument('--img-size', type=int, default=None, help='image side to load the dataset at (default: the reference\'s)')
-    im.add_argument('--no-measure', action='store_true', help='do not measure test accuracy (the accuracy check is then skipped)')
-    im.add_argument('--min-margin', type=float, default=None, help='points above chance each expert must score (default 5)')
+    im.add_argument('--names', nargs='+', default=None, choices=REFERENCE_NAMES,
+                    help='import only these experts (default: every one present)')
+    im.add_argument('--img-size', type=int, default=None,
+                    help='image side to load the dataset at (default: the reference\'s)')
+    im.add_argument('--no-measure', action='store_true',
+                    help='do not measure test accuracy (the accuracy check is then skipped)')
+    im.add_argument('--min-margin', type=float, default=None,
+                    help='points above chance each expert must score (default 5)')
     _add_sets(sub)
     return ap
 
 # %% ../nbs/10_cli.ipynb #02aadabc
 _COMMANDS = {'demo': cmd_demo, 'run': cmd_run, 'show': cmd_show,
-             'recover': lambda a: cmd_run(a, 'recover'), 'relabel': lambda a: cmd_run(a, 'relabel'), 'evaluate': lambda a: cmd_run(a, 'evaluate'),
-             ('experts', 'train'): experts_train, ('experts', 'list'): experts_list, ('experts', 'check'): experts_check,
+             'recover': lambda a: cmd_run(a, 'recover'), 'relabel': lambda a: cmd_run(a, 'relabel'),
+             'evaluate': lambda a: cmd_run(a, 'evaluate'),
+             ('experts', 'train'): experts_train, ('experts', 'list'): experts_list,
+             ('experts', 'check'): experts_check,
              ('experts', 'import'): experts_import,
              ('sets', 'import'): sets_import, ('sets', 'export'): sets_export, ('sets', 'evaluate'): sets_evaluate}
 

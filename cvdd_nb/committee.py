@@ -48,7 +48,9 @@ def seg_stats(x:torch.Tensor,                  # a batch of feature maps (n, C, 
               shift:torch.Tensor|None=None):   # (C,) a value near the mean (e.g. the running mean), for precision
     "Per segment and channel: (mean, biased variance) over (N, H, W), each (segments, C)."
     n, c = x.shape[:2]
-    if n % segments: raise CVDDError(f'a batch of {n} cannot be cut into {segments} equal segments', 'give every segment the same size')
+    if n % segments:
+        raise CVDDError(f'a batch of {n} cannot be cut into {segments} equal segments',
+                        'give every segment the same size')
     shift = torch.zeros(c, device=x.device) if shift is None else shift.detach().float()
     if x.ndim == 4 and c > 1 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
         v, dims, sh = x.permute(0, 2, 3, 1).reshape(segments, -1, c), (1,), shift      # (g, n/g * H * W, C), a view
@@ -61,9 +63,11 @@ class BNStats:
     "Forward pre-hooks on every BatchNorm2d of `model`: mean and biased variance of its input, per batch segment."
     def __init__(self, model:nn.Module, segments:int=1):
         self.layers = bn_layers(model)
-        if not self.layers: raise CVDDError(f'{type(model).__name__} has no BatchNorm2d layer', 'recover needs experts with BatchNorm')
+        if not self.layers:
+            raise CVDDError(f'{type(model).__name__} has no BatchNorm2d layer', 'recover needs experts with BatchNorm')
         if any(l.running_mean is None for l in self.layers):
-            raise CVDDError('a BatchNorm2d layer keeps no running statistics (track_running_stats=False)', 'use experts trained with running statistics')
+            raise CVDDError('a BatchNorm2d layer keeps no running statistics (track_running_stats=False)',
+                            'use experts trained with running statistics')
         self.segments, self._handles, self._ind = segments, [], {}
         self.clear()
 
@@ -98,9 +102,11 @@ BN_NORMS = ('none', 'layers')
 @patch
 def loss(self:BNStats, first_bn_mul:float=10.0, norm:str='none')->torch.Tensor:
     "The BN term of each segment, shape (segments,)."
-    if any(m is None for m in self.mean): raise CVDDError('no BN statistics recorded', 'run the model inside the `with` block first')
+    if any(m is None for m in self.mean):
+        raise CVDDError('no BN statistics recorded', 'run the model inside the `with` block first')
     dev = self.mean[0].device
-    rm = torch.cat([l.running_mean for l in self.layers]).float(); rv = torch.cat([l.running_var for l in self.layers]).float()
+    rm = torch.cat([l.running_mean for l in self.layers]).float()
+    rv = torch.cat([l.running_var for l in self.layers]).float()
     d = torch.stack([torch.cat(self.mean, 1) - rm, torch.cat(self.var, 1) - rv])           # (2, segments, channels)
     norms = (d.square() @ self._indicator(dev)).clamp_min(1e-30).sqrt()                     # (2, segments, layers)
     mul = torch.ones(len(self.layers), device=dev); mul[0] = first_bn_mul
@@ -126,18 +132,18 @@ def _rows(xu:torch.Tensor, rows:list, x:torch.Tensor)->torch.Tensor:
     return xu[rows].flatten(0, 1).contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
 
 # %% ../nbs/04a_committee.ipynb #26dabcf0
-def committee_loss(models:list,              # every expert the batch uses (eval mode, frozen)
-                   weights,                  # vote weights: (N,) for one unit, or (units, N) in each unit's committee order
-                   x:torch.Tensor, y:torch.Tensor,   # the (augmented) batch, unit after unit (units * n images); targets
-                   members:list|None=None,   # per unit: its committee as positions in `models` (default: all of them)
+def committee_loss(models:list,             # every expert the batch uses (eval mode, frozen)
+                   weights,                 # votes: (N,) for one unit, or (units, N) in each unit's committee order
+                   x:torch.Tensor, y:torch.Tensor,  # the augmented batch, unit after unit (units * n images); targets
+                   members:list|None=None,  # per unit: its committee as positions in `models` (default: all of them)
                    terms:LossTerms=LossTerms(),
-                   hooks:list|None=None, per_image:bool=False):  # entered `BNStats` of `models`; ce per image, (N, units * n)
+                   hooks:list|None=None, per_image:bool=False):  # entered `BNStats`; ce per image (N, units * n)
     "The summed committee objective; (loss, ce, bn), ce and bn per committee seat and unit, (N, units), detached."
     w = torch.as_tensor(weights, dtype=torch.float32, device=x.device)
     members = members or [tuple(range(len(models)))] * (len(w) if w.ndim == 2 else 1)
     G, N = len(members), len(members[0]); n = len(x) // G
     w = w.expand(G, -1) if w.ndim == 1 else w
-    ce_out = torch.zeros(N, G * n if per_image else G, device=x.device); bn_out = torch.zeros(N, G, device=x.device)
+    ce_out, bn_out = torch.zeros(N, G * n if per_image else G, device=x.device), torch.zeros(N, G, device=x.device)
     xu, yu, seat_terms = x.unflatten(0, (G, n)), y.view(G, n), []
     with ExitStack() as stack:
         hooks = hooks or [stack.enter_context(BNStats(m)) for m in models]
@@ -151,9 +157,9 @@ def committee_loss(models:list,              # every expert the batch uses (eval
             ce_seg, bn = ce.view(len(rows), n).mean(1), h.loss(terms.first_bn_mul, terms.bn_norm)
             seat_terms.append(w[rows, pos] * (ce_seg + terms.r_bn * bn))
             bn_out[pos, rows] = bn.detach()
-            if per_image:
-                for r, (j, p) in enumerate(zip(rows, pos)): ce_out[p, j * n:(j + 1) * n] = ce[r * n:(r + 1) * n].detach()
-            else: ce_out[pos, rows] = ce_seg.detach()
+            if not per_image: ce_out[pos, rows] = ce_seg.detach()
+            else:
+                for r, (j, p) in enumerate(zip(rows, pos)): ce_out[p, j * n:(j + 1) * n] = ce.view(-1, n)[r].detach()
     return torch.cat(seat_terms).sum(), ce_out, bn_out
 
 # %% ../nbs/04a_committee.ipynb #2a8ceef8
@@ -161,12 +167,18 @@ PRIOR_MODES = ('accuracy', 'given', 'equal', 'distill')
 
 # %% ../nbs/04a_committee.ipynb #8a655689
 def _given_priors(pool, given)->list:
-    if given is None: raise CVDDError("prior mode 'given' needs prior_values", 'pass one number per expert, as a list or {name: value}')
+    if given is None:
+        raise CVDDError("prior mode 'given' needs prior_values",
+                        'pass one number per expert, as a list or {name: value}')
     if isinstance(given, dict):
         missing, unknown = [n for n in pool.names if n not in given], [n for n in given if n not in pool.names]
-        if missing or unknown: raise CVDDError(f'prior_values names do not match the pool: missing {missing}, unknown {unknown}', f'give a value for each of {pool.names}')
+        if missing or unknown:
+            raise CVDDError(f'prior_values names do not match the pool: missing {missing}, unknown {unknown}',
+                            f'give a value for each of {pool.names}')
         return [float(given[n]) for n in pool.names]
-    if len(given) != len(pool): raise CVDDError(f'{len(given)} prior values for {len(pool)} experts', f'give one value per expert of {pool.names}')
+    if len(given) != len(pool):
+        raise CVDDError(f'{len(given)} prior values for {len(pool)} experts',
+                        f'give one value per expert of {pool.names}')
     return [float(v) for v in given]
 
 # %% ../nbs/04a_committee.ipynb #aaeae6e6
@@ -185,7 +197,9 @@ def compute_priors(pool:ExpertPool,         # the experts
     for e in pool:
         acc = e.meta.test_acc
         if acc is None:
-            if data is None: raise CVDDError(f'expert {e.name!r} records no test accuracy', 'pass data= to measure it, or use prior "given" / "equal"')
+            if data is None:
+                raise CVDDError(f'expert {e.name!r} records no test accuracy',
+                                'pass data= to measure it, or use prior "given" / "equal"')
             acc = evaluate_model(e.model, data.test, data.info)
         out.append(float(acc))
     return out
@@ -224,7 +238,9 @@ def committee_schedule(n_experts:int,         # experts in the pool
                        members=None)->list:   # for 'fixed': expert indices
     "The committee (a tuple of expert indices) of each IPC index."
     check_choice('schedule', kind, SCHEDULES)
-    if not 1 <= size <= n_experts: raise CVDDError(f'committee size {size} does not fit a pool of {n_experts} experts', f'use committee_size between 1 and {n_experts}')
+    if not 1 <= size <= n_experts:
+        raise CVDDError(f'committee size {size} does not fit a pool of {n_experts} experts',
+                        f'use committee_size between 1 and {n_experts}')
     if kind == 'pairs':
         subsets = list(itertools.combinations(range(n_experts), size))
         return [subsets[k % len(subsets)] for k in range(ipc)]
@@ -234,9 +250,11 @@ def committee_schedule(n_experts:int,         # experts in the pool
     if kind == 'fixed':
         m = tuple(range(size)) if members is None else tuple(int(i) for i in members)
         if len(m) != size or len(set(m)) != size or not all(0 <= i < n_experts for i in m):
-            raise CVDDError(f'fixed committee {m} is not {size} distinct experts of 0..{n_experts - 1}', 'list each member once')
+            raise CVDDError(f'fixed committee {m} is not {size} distinct experts of 0..{n_experts - 1}',
+                            'list each member once')
         return [m] * ipc
-    if priors is None or len(priors) != n_experts: raise CVDDError("schedule 'top' needs one prior per expert", 'pass priors')
+    if priors is None or len(priors) != n_experts:
+        raise CVDDError("schedule 'top' needs one prior per expert", 'pass priors')
     return [tuple(sorted(sorted(range(n_experts), key=lambda i: (-priors[i], i))[:size]))] * ipc
 
 # %% ../nbs/04a_committee.ipynb #b5d79aa6

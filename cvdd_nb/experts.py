@@ -49,7 +49,8 @@ def random_crop_flip(x:torch.Tensor,           # float images (N, C, H, W)
         ox = torch.randint(0, 2*pad+1, (n,), generator=g).to(x.device)
         rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
         cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-        x = xp[torch.arange(n, device=x.device)[:, None, None, None], torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
+        x = xp[torch.arange(n, device=x.device)[:, None, None, None],
+               torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
     if flip:
         m = (torch.rand(n, generator=g) < 0.5).to(x.device)
         x = torch.where(m[:, None, None, None], x.flip(3), x)
@@ -128,7 +129,8 @@ class ExpertRecipe(Config):
     pad:int = -1              # crop padding; -1: one eighth of the image side (4 px at 32 px)
     flip:str = 'auto'         # 'auto' (off for digit datasets), 'yes', 'no'
     label_smoothing:float = 0.0
-    optimizer:str = 'adam'    # 'adam' (the reference) or 'sgd' (momentum 0.9, Nesterov); cosine decay per step either way
+    # 'adam' (the reference) or 'sgd' (momentum 0.9, Nesterov); cosine decay per step either way
+    optimizer:str = 'adam'
     amp:str = 'auto'          # 'auto': mixed precision on CUDA only; 'bf16': bfloat16 autocast on any device; 'no'
     channels_last:bool = False  # NHWC memory layout (faster for some networks on some CPUs)
 
@@ -136,8 +138,11 @@ class ExpertRecipe(Config):
 def _optimizer(model:nn.Module, recipe:ExpertRecipe, steps:int)->tuple:
     "The optimiser and its per-step cosine schedule."
     check_choice('optimizer', recipe.optimizer, ('adam', 'sgd'))
-    if recipe.optimizer == 'adam': opt = torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    else: opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9, nesterov=True, weight_decay=recipe.weight_decay)
+    if recipe.optimizer == 'adam':
+        opt = torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9, nesterov=True,
+                              weight_decay=recipe.weight_decay)
     return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
 
 # %% ../nbs/03_experts.ipynb #23a845ae
@@ -163,8 +168,12 @@ def _load_progress(path:Path, model, opt, sched, g:torch.Generator, key:dict)->t
     except Exception as e:
         warnings.warn(f'{path} could not be read ({type(e).__name__}): training this expert starts over'); return 0, 0.0
     if st['key'] != json.dumps(key, sort_keys=True):
-        raise CVDDError(f'{path} is the checkpoint of another architecture or recipe', f'delete {path.parent} to train anew, or use another folder')
-    model.load_state_dict(st['model']); opt.load_state_dict(st['opt']); sched.load_state_dict(st['sched']); g.set_state(st['rng'])
+        raise CVDDError(f'{path} is the checkpoint of another architecture or recipe',
+                        f'delete {path.parent} to train anew, or use another folder')
+    model.load_state_dict(st['model'])
+    opt.load_state_dict(st['opt'])
+    sched.load_state_dict(st['sched'])
+    g.set_state(st['rng'])
     return st['epoch'], st['seconds']
 
 # %% ../nbs/03_experts.ipynb #6c4ca6af
@@ -177,20 +186,23 @@ def round_half(model:nn.Module)->nn.Module:
 
 # %% ../nbs/03_experts.ipynb #937bd955
 class ExpertStep:
-    "One optimiser step of an expert on a batch, in this process; `distributed.DDPExpertStep` shares each batch among processes."
+    ("One optimiser step of an expert on a batch, in this process; `distributed.DDPExpertStep` shares each batch among "
+     "processes.")
     record:dict = {}                                     # what the expert's recipe records about the sharing
     def __init__(self, model:nn.Module, opt, sched, recipe:ExpertRecipe, device:torch.device):
         self.model, self.opt, self.sched, self.recipe, self.device = model, opt, sched, recipe, device
 
     def loss(self, net:nn.Module, xb:torch.Tensor, yb:torch.Tensor)->torch.Tensor:
         "The recipe's loss of `net` on a batch (its precision, its label smoothing)."
-        with _amp(self.device, self.recipe.amp): return F.cross_entropy(net(xb).float(), yb, label_smoothing=self.recipe.label_smoothing)
+        with _amp(self.device, self.recipe.amp):
+            return F.cross_entropy(net(xb).float(), yb, label_smoothing=self.recipe.label_smoothing)
 
     def __call__(self, xb:torch.Tensor, yb:torch.Tensor):
         loss = self.loss(self.model, xb, yb)
         self.opt.zero_grad(set_to_none=True); loss.backward(); self.opt.step(); self.sched.step()
 
-    def finish(self): pass                               # after the last epoch (DDP: one set of BN statistics everywhere)
+    # after the last epoch (DDP: one set of BN statistics everywhere)
+    def finish(self): pass
 
 # %% ../nbs/03_experts.ipynb #48438548
 def _train_epoch(step:ExpertStep, x_all, y_all, info, recipe, pad, flip, g, device):
@@ -234,16 +246,19 @@ def train_expert(arch:str,                      # a `create_model` name, e.g. 'r
                  half:bool=False,               # measure (and later store) the weights rounded to float16
                  stop_after:int|None=None,     # stop after this many epochs of this call (None: when done)
                  step_class=ExpertStep)->Expert|None:   # makes the optimiser step (`distributed`: DDP)
-    "Train one expert on `data` with `recipe` (resuming from `ckpt`); return it with its accuracies (None if stopped early)."
+    ("Train one expert on `data` with `recipe` (resuming from `ckpt`); return it with its accuracies (None if stopped "
+     "early).")
     recipe = ExpertRecipe.coerce(recipe)
     if recipe.epochs < 1: raise CVDDError(f'epochs must be >= 1, got {recipe.epochs}', 'set epochs to 1 or more')
     info, device = data.info, get_device(device)
     set_seed(seed); g = make_generator(seed)
-    model = create_model(arch, info.num_classes, in_chans=info.channels, img_size=info.img_size[0], width=width, **(arch_kw or {})).to(device)
+    model = create_model(arch, info.num_classes, in_chans=info.channels, img_size=info.img_size[0], width=width,
+                         **(arch_kw or {})).to(device)
     if recipe.channels_last: model = model.to(memory_format=torch.channels_last)
     pad = recipe.pad if recipe.pad >= 0 else max(1, round(info.img_size[0] / 8))
     flip = resolve_flip(recipe.flip, info.name)
-    opt, sched = _optimizer(model, recipe, recipe.epochs * math.ceil(len(data.train) / min(recipe.batch_size, len(data.train))))
+    opt, sched = _optimizer(model, recipe,
+                            recipe.epochs * math.ceil(len(data.train) / min(recipe.batch_size, len(data.train))))
     step = step_class(model, opt, sched, recipe, device)
     rec = dict(recipe.to_dict(), pad=pad, flip=flip, schedule='cosine per step to 0, no warm-up', augment='random crop after zero padding'
                + (' + horizontal flip' if flip else ''), loss='cross-entropy', **step.record)
@@ -255,7 +270,9 @@ def train_expert(arch:str,                      # a `create_model` name, e.g. 'r
         t0 = time.perf_counter(); _train_epoch(step, x_all, y_all, info, recipe, pad, flip, g, device)
         secs += time.perf_counter() - t0; tally('expert_epochs')
         if ep + 1 in snapshots and ep + 1 < recipe.epochs:
-            snaps[ep + 1] = _as_expert(model.eval(), data, rec, seed, name, ep + 1, secs, device, valid, half, train_acc=False); model.train()
+            snaps[ep + 1] = _as_expert(model.eval(), data, rec, seed, name, ep + 1, secs, device, valid, half,
+                                       train_acc=False)
+            model.train()
             if ckpt: snaps[ep + 1].save(ckpt/f'e{ep + 1}')
         if ckpt: _save_progress(ckpt/'progress.pt', model, opt, sched, g, ep + 1, secs, key)
         if stop_after is not None and ep + 1 - done >= stop_after and ep + 1 < recipe.epochs: return None
@@ -280,7 +297,8 @@ def _check(self:Expert, info:DatasetInfo,
                         f'but {info.class_names[diff]!r} in dataset {info.name}',
                         'remap the expert\'s head to the dataset\'s class order, or retrain it on this dataset')
     if m.in_chans != info.channels:
-        raise CVDDError(f'{who} takes {m.in_chans}-channel images but dataset {info.name} has {info.channels}', 'use experts trained on this dataset')
+        raise CVDDError(f'{who} takes {m.in_chans}-channel images but dataset {info.name} has {info.channels}',
+                        'use experts trained on this dataset')
     if list(m.img_size) != list(info.img_size):
         raise CVDDError(f'{who} expects {m.img_size[0]}x{m.img_size[1]} images but dataset {info.name} has '
                         f'{info.img_size[0]}x{info.img_size[1]}', 'load the dataset at the expert\'s size (img_size=...) or retrain')
@@ -288,7 +306,8 @@ def _check(self:Expert, info:DatasetInfo,
             and torch.allclose(torch.tensor(m.std, dtype=torch.float), torch.tensor(info.std, dtype=torch.float), atol=1e-3)):
         raise CVDDError(f'{who} was trained with normalisation mean={m.mean} std={m.std}, the dataset uses mean={list(info.mean)} std={list(info.std)}',
                         'use the same normalisation for experts and data')
-    if not has_batchnorm(self.model): raise CVDDError(f'{who} has no BatchNorm2d layer', 'choose an architecture with BatchNorm')
+    if not has_batchnorm(self.model):
+        raise CVDDError(f'{who} has no BatchNorm2d layer', 'choose an architecture with BatchNorm')
     bad = [k for k, v in self.model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad: raise CVDDError(f'{who} has NaN or inf in its weights ({", ".join(bad[:3])}{", ..." if len(bad) > 3 else ""})',
                             'the expert diverged or its file was damaged: retrain or restore it')
@@ -304,12 +323,14 @@ _META_FIELDS = dict(arch=dict, dataset=str, class_names=list, in_chans=int, img_
 
 def _check_meta(d:dict, where:Path)->dict:
     "Check the parts of an `expert.json` that `load_json`'s types cannot: shapes, lengths, the architecture's name."
-    bad = lambda what: CVDDError(f'{where}: {what}', 'the file was edited by hand or damaged: retrain or restore the expert')
+    bad = lambda what: CVDDError(f'{where}: {what}',
+                                 'the file was edited by hand or damaged: retrain or restore the expert')
     a = d['arch']
     if not isinstance(a.get('name'), str): raise bad('arch has no model name')
     if not all(isinstance(c, str) for c in d['class_names']) or len(d['class_names']) != a.get('num_classes', len(d['class_names'])):
         raise bad(f'class_names must be {a.get("num_classes")} strings (one per output of the model)')
-    if len(d['img_size']) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in d['img_size']):
+    if len(d['img_size']) != 2 or not all(isinstance(v, int) and not isinstance(v,
+                                                                                bool) and v > 0 for v in d['img_size']):
         raise bad(f'img_size must be [H, W], got {d["img_size"]}')
     if not len(d['mean']) == len(d['std']) == d['in_chans'] or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in d['mean'] + d['std']):
         raise bad(f'mean and std must be {d["in_chans"]} finite numbers each')
@@ -319,7 +340,8 @@ def _save(self:Expert, path:str|Path)->Path:
     "Write the expert to folder `path` (safetensors + JSON); float weights in `meta.dtype` (float16 halves the file)."
     path = Path(path); path.mkdir(parents=True, exist_ok=True)
     dt = check_choice('expert dtype', self.meta.dtype, ('float32', 'float16'))
-    sd = {k: (v.to(getattr(torch, dt)) if v.is_floating_point() else v).detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+    sd = {k: (v.to(getattr(torch, dt)) if v.is_floating_point() else v).detach().cpu().contiguous() for k,
+          v in self.model.state_dict().items()}
     atomic_write(path/'model.safetensors', st_save(sd, metadata={'format': 'pt'}))
     save_json(path/'expert.json', dict(name=self.name, **dataclasses.asdict(self.meta)))
     return path
@@ -329,10 +351,13 @@ def _load(path:str|Path)->Expert:
     "Load an expert saved by `Expert.save`."
     path = Path(path)
     if not (path/'expert.json').exists():
-        raise CVDDError(f'{path} holds no expert.json', 'point at a folder written by Expert.save / `cvdd experts train`')
+        raise CVDDError(f'{path} holds no expert.json',
+                        'point at a folder written by Expert.save / `cvdd experts train`')
     d = _check_meta(load_json(path/'expert.json', _META_FIELDS), path/'expert.json')
     try: model = create_model(**d['arch'])
-    except TypeError as e: raise CVDDError(f'{path/"expert.json"}: arch {d["arch"]} cannot rebuild the model ({e})', 'the file was edited by hand or damaged: retrain or restore the expert') from None
+    except TypeError as e:
+        raise CVDDError(f'{path/"expert.json"}: arch {d["arch"]} cannot rebuild the model ({e})',
+                        'the file was edited by hand or damaged: retrain or restore the expert') from None
     sd = read_state_dict(path/'model.safetensors')
     try: model.load_state_dict(sd, strict=True)     # float16 weights are widened to the model's float32
     except RuntimeError as e:
@@ -365,7 +390,8 @@ class ExpertPool:
     "Experts of one dataset, saved and loaded as one folder."
     def __init__(self, experts:list[Expert]):
         names = [e.name for e in experts]
-        if len(set(names)) != len(names): raise CVDDError(f'expert names must be unique, got {names}', 'give each expert its own name')
+        if len(set(names)) != len(names):
+            raise CVDDError(f'expert names must be unique, got {names}', 'give each expert its own name')
         if not experts: raise CVDDError('an expert pool needs at least one expert', 'train or load experts first')
         self.experts = list(experts)
     def __len__(self): return len(self.experts)
@@ -386,7 +412,8 @@ class ExpertPool:
 
     def to_markdown(self)->str:
         f = lambda v, p='.1f': '-' if v is None else format(v, p)
-        rows = ['| expert | architecture | width | params | train acc % | test acc % | train s |', '|---|---|---|---|---|---|---|']
+        rows = ['| expert | architecture | width | params | train acc % | test acc % | train s |',
+                '|---|---|---|---|---|---|---|']
         rows += [f"| {r['name']} | {r['arch']} | {r['width']:g} | {r['params']:,} | {f(r['train_acc'])} | {f(r['test_acc'])} | {f(r['seconds'])} |"
                  for r in self.table()]
         return '\n'.join(rows)
@@ -394,7 +421,8 @@ class ExpertPool:
     def __repr__(self):
         f = lambda v: '-' if v is None else f'{v:.1f}'
         lines = [f"{'expert':16} {'architecture':14} {'width':>5} {'params':>10} {'train%':>7} {'test%':>6}"]
-        lines += [f"{r['name']:16} {r['arch']:14} {r['width']:5g} {r['params']:10,} {f(r['train_acc']):>7} {f(r['test_acc']):>6}" for r in self.table()]
+        lines += [f"{r['name']:16} {r['arch']:14} {r['width']:5g} {r['params']:10,} {f(r['train_acc']):>7} "
+                  f"{f(r['test_acc']):>6}" for r in self.table()]
         return '\n'.join(lines)
 
 # %% ../nbs/03_experts.ipynb #2f71f339
@@ -409,7 +437,8 @@ def resolve_pool(ref:str|Path)->Path:
     if not (isinstance(ref, str) and ref.startswith('zoo:')): return Path(ref)
     name, _, snap = ref[4:].partition('@')
     if not name or '/' in name or (snap and not re.fullmatch(r'e\d+', snap)):
-        raise CVDDError(f'bad zoo name {ref!r}', "write zoo:DATASET or zoo:DATASET@eK, e.g. zoo:mnist or zoo:fashion_mnist@e1")
+        raise CVDDError(f'bad zoo name {ref!r}',
+                        "write zoo:DATASET or zoo:DATASET@eK, e.g. zoo:mnist or zoo:fashion_mnist@e1")
     root = zoo_root(); path = root/name/snap if snap else root/name
     if not (path/'pool.json').exists():
         have = sorted(p.name for p in root.iterdir() if (p/'pool.json').exists()) if root.is_dir() else []
@@ -420,7 +449,8 @@ def resolve_pool(ref:str|Path)->Path:
 # %% ../nbs/03_experts.ipynb #c41ba302
 @patch
 def check_rebuild(self:Expert)->Expert:
-    "Raise a `CVDDError` naming this expert unless `Expert.load` could rebuild its model from `meta.arch` and load its weights."
+    ("Raise a `CVDDError` naming this expert unless `Expert.load` could rebuild its model from `meta.arch` and load "
+     "its weights.")
     a = self.meta.arch
     try: rebuilt = create_model(**a).state_dict()
     except (CVDDError, TypeError, ValueError, KeyError) as e:
@@ -440,7 +470,8 @@ def _pool_save(self:ExpertPool, path:str|Path,
     for e in self.experts: e.check_rebuild()         # before anything is written
     if index_only:
         missing = [e.name for e in self.experts if not (path/e.name/'expert.json').exists()]
-        if missing: raise CVDDError(f'{path} lacks the expert folder(s) {missing}', 'save the pool with index_only=False')
+        if missing:
+            raise CVDDError(f'{path} lacks the expert folder(s) {missing}', 'save the pool with index_only=False')
     for e in [] if index_only else self.experts: e.save(path/e.name)
     save_json(path/'pool.json', dict(dataset=self.experts[0].meta.dataset, experts=self.names, table=self.table()))
     atomic_write(path/'pool.md', self.to_markdown() + '\n')
@@ -451,10 +482,13 @@ def _pool_load(path:str|Path,           # a pool folder, or a zoo name such as '
                names:list|None=None)->ExpertPool:
     "Load the pool saved in `path` (optionally only `names`)."
     path = resolve_pool(path)
-    if not (path/'pool.json').exists(): raise CVDDError(f'{path} holds no pool.json', 'point at a folder written by ExpertPool.save / `cvdd experts train`')
+    if not (path/'pool.json').exists():
+        raise CVDDError(f'{path} holds no pool.json',
+                        'point at a folder written by ExpertPool.save / `cvdd experts train`')
     idx = load_json(path/'pool.json', dict(experts=list))
     if not all(isinstance(n, str) and n and Path(n).name == n and n not in ('.', '..') for n in idx['experts']):
-        raise CVDDError(f'{path/"pool.json"}: expert names must be folder names inside the pool, got {idx["experts"]}', 'the file was edited by hand or damaged: save the pool again')
+        raise CVDDError(f'{path/"pool.json"}: expert names must be folder names inside the pool, got {idx["experts"]}',
+                        'the file was edited by hand or damaged: save the pool again')
     for n in names or []: check_choice('expert', n, idx['experts'])
     return ExpertPool([Expert.load(path/n) for n in (names or idx['experts'])])
 ExpertPool.load = staticmethod(_pool_load)
@@ -477,7 +511,8 @@ def _train_pool(archs, data, out, recipe, width, seed, device, quiet)->ExpertPoo
     experts = []
     for i, a in enumerate(archs):
         name, arch, w = (a, a, width) if isinstance(a, str) else tuple(a)
-        if out is not None and (Path(out)/name/'expert.json').exists(): experts.append(Expert.load(Path(out)/name)); continue
+        if out is not None and (Path(out)/name/'expert.json').exists():
+            experts.append(Expert.load(Path(out)/name)); continue
         e = train_expert(arch, data, recipe, width=w, seed=seed + i, device=device, name=name, quiet=quiet)
         if out is not None: e.save(Path(out)/name)
         experts.append(e)

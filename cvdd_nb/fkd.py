@@ -20,37 +20,46 @@ __all__ = ['load_fkd_batch', 'fkd_views', 'fkd_entries', 'fkd_shape', 'store_fro
 # %% ../nbs/05a_fkd.ipynb #00c165f4
 def _np_number(dtype, data):
     "A NumPy number from a pickle; anything but booleans, integers and floats is refused."
-    if not isinstance(dtype, np.dtype) or dtype.kind not in 'biuf': raise pickle.UnpicklingError(f'a NumPy scalar of dtype {dtype} is not allowed')
+    if not isinstance(dtype, np.dtype) or dtype.kind not in 'biuf':
+        raise pickle.UnpicklingError(f'a NumPy scalar of dtype {dtype} is not allowed')
     return np.frombuffer(data, dtype=dtype, count=1)[0]
 
 # %% ../nbs/05a_fkd.ipynb #bbc56d25
-_NUMERIC = [type(np.dtype(c)) for c in ('bool', 'int8', 'int16', 'int32', 'int64', 'uint8', 'uint16', 'uint32', 'uint64', 'float16', 'float32', 'float64')]
-_SAFE_GLOBALS = [(_np_number, 'numpy.core.multiarray.scalar'), (_np_number, 'numpy._core.multiarray.scalar'), np.dtype, *_NUMERIC]
+_NUMERIC = [type(np.dtype(c)) for c in ('bool', 'int8', 'int16', 'int32', 'int64', 'uint8', 'uint16', 'uint32',
+                                        'uint64', 'float16', 'float32', 'float64')]
+_SAFE_GLOBALS = [(_np_number, 'numpy.core.multiarray.scalar'), (_np_number, 'numpy._core.multiarray.scalar'), np.dtype,
+                 *_NUMERIC]
 
 # %% ../nbs/05a_fkd.ipynb #d0d5c330
 def load_fkd_batch(path:str|Path)->list:
-    "The list [coords, flip, mix_index, lam, bbox, logits] of one reference batch file, read with `torch.load(weights_only=True)`."
+    ("The list [coords, flip, mix_index, lam, bbox, logits] of one reference batch file, read with "
+     "`torch.load(weights_only=True)`.")
     try:
-        with torch.serialization.safe_globals(_SAFE_GLOBALS): obj = torch.load(path, map_location='cpu', weights_only=True)
+        with torch.serialization.safe_globals(_SAFE_GLOBALS):
+            obj = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
         raise CVDDError(f'{path} cannot be read as a soft-label file ({type(e).__name__}: {str(e).strip().splitlines()[0][:160]})',
                         'it is damaged or holds more than tensors and numbers: regenerate it with the reference relabel') from None
     if not isinstance(obj, (list, tuple)) or len(obj) != 6:
-        raise CVDDError(f'{path} holds a {type(obj).__name__}, not the list [coords, flip, mix_index, lam, bbox, logits]', 'point at files written by the reference relabel')
+        raise CVDDError(f'{path} holds a {type(obj).__name__}, not the list [coords, flip, mix_index, lam, bbox, '
+                        f'logits]', 'point at files written by the reference relabel')
     return list(obj)
 
 # %% ../nbs/05a_fkd.ipynb #59395ea7
-def _bad(where, what): return CVDDError(f'{where}: {what}', 'the file is not what the reference relabel writes: regenerate it')
+def _bad(where, what): return CVDDError(f'{where}: {what}',
+                                        'the file is not what the reference relabel writes: regenerate it')
 
 # %% ../nbs/05a_fkd.ipynb #efe736aa
 def _mix_views(mix_index, lam, bbox, n:int, H:int, W:int, where)->tuple:
     "(mix, perm, lam, box) of a batch from the reference's mix entries."
     if mix_index is None: return 'none', torch.arange(n), 1.0, (0, 0, 0, 0)
     perm = torch.as_tensor(mix_index).long()
-    if perm.shape != (n,) or not torch.equal(perm.sort().values, torch.arange(n)): raise _bad(where, f'mix_index must be a permutation of 0..{n - 1}')
+    if perm.shape != (n,) or not torch.equal(perm.sort().values, torch.arange(n)):
+        raise _bad(where, f'mix_index must be a permutation of 0..{n - 1}')
     if bbox is None: return 'mixup', perm, float(lam), (0, 0, 0, 0)
     r0, c0, r1, c1 = (int(v) for v in bbox)
-    if not (0 <= r0 <= r1 <= H and 0 <= c0 <= c1 <= W): raise _bad(where, f'the CutMix box {[r0, c0, r1, c1]} is not inside a {H}x{W} image')
+    if not (0 <= r0 <= r1 <= H and 0 <= c0 <= c1 <= W):
+        raise _bad(where, f'the CutMix box {[r0, c0, r1, c1]} is not inside a {H}x{W} image')
     return 'cutmix', perm, float(np.float32(1.0 - (r1 - r0) * (c1 - c0) / (H * W))), (r0, r1, c0, c1)
 
 # %% ../nbs/05a_fkd.ipynb #ec390d5e
@@ -60,13 +69,17 @@ def fkd_views(entries:list,          # [coords, flip, mix_index, lam, bbox, logi
               where:str='batch')->dict:  # the file, for messages
     "Our view parameters of one reference batch: crops, flips, mix, perm, lam, box and the logits."
     coords, flip, mix_index, lam, bbox, logits = entries; H, W = img_size
-    if not (isinstance(coords, torch.Tensor) and coords.is_floating_point() and coords.ndim == 2 and coords.shape[1] == 4): raise _bad(where, 'coords must be a float tensor (B, 4)')
+    if not (isinstance(coords,
+                       torch.Tensor) and coords.is_floating_point() and coords.ndim == 2 and coords.shape[1] == 4):
+        raise _bad(where, 'coords must be a float tensor (B, 4)')
     n, flips = len(coords), torch.as_tensor(flip)
     if flips.shape != (n,) or flips.dtype != torch.bool: raise _bad(where, f'flip must be {n} booleans')
-    if not (isinstance(logits, torch.Tensor) and logits.is_floating_point() and logits.shape == (n, num_classes)): raise _bad(where, f'logits must be a float tensor ({n}, {num_classes})')
+    if not (isinstance(logits, torch.Tensor) and logits.is_floating_point() and logits.shape == (n, num_classes)):
+        raise _bad(where, f'logits must be a float tensor ({n}, {num_classes})')
     crops = (coords.double() * torch.tensor([H, W, H, W], dtype=torch.float64)).round().long()
     t, l, h, w = crops.unbind(1)
-    if ((h < 1) | (w < 1) | (t < 0) | (l < 0) | (t + h > H) | (l + w > W)).any(): raise _bad(where, f'crop boxes fall outside a {H}x{W} image')
+    if ((h < 1) | (w < 1) | (t < 0) | (l < 0) | (t + h > H) | (l + w > W)).any():
+        raise _bad(where, f'crop boxes fall outside a {H}x{W} image')
     mix, perm, lam, box = _mix_views(mix_index, lam, bbox, n, H, W, where)
     return dict(crops=crops, flips=flips, mix=mix, perm=perm, lam=lam, box=torch.tensor(box), logits=logits)
 
@@ -87,7 +100,8 @@ _EPOCH, _BATCH = re.compile(r'epoch_(\d+)'), re.compile(r'batch_(\d+)\.tar')
 def fkd_shape(root:str|Path)->tuple:
     "(epochs, batches per epoch) of a reference soft-label folder, or a `CVDDError` naming what is missing or extra."
     root = Path(root)
-    if not root.is_dir(): raise CVDDError(f'{root} is not a folder', 'point at the <fkd>_bs{B}_ipc{N} folder of the reference relabel')
+    if not root.is_dir():
+        raise CVDDError(f'{root} is not a folder', 'point at the <fkd>_bs{B}_ipc{N} folder of the reference relabel')
     other = sorted(p.name for p in root.iterdir() if not (p.is_dir() and _EPOCH.fullmatch(p.name)))
     epochs = sorted(int(_EPOCH.fullmatch(p.name)[1]) for p in root.iterdir() if p.is_dir() and _EPOCH.fullmatch(p.name))
     if other or not epochs or epochs != list(range(len(epochs))):
@@ -95,21 +109,29 @@ def fkd_shape(root:str|Path)->tuple:
                         'point at the folder the reference relabel wrote (epoch_0/batch_0.tar ...), with nothing else in it')
     counts = {e: sorted(int(m[1]) for p in (root/f'epoch_{e}').iterdir() if (m := _BATCH.fullmatch(p.name))) for e in epochs}
     bad = next((e for e, b in counts.items() if b != list(range(len(counts[0]))) or not b), None)
-    if bad is not None: raise CVDDError(f'{root/f"epoch_{bad}"} holds batches {counts[bad][:5]}..., epoch_0 holds batch_0..batch_{len(counts[0]) - 1}', 'the files are incomplete: relabel again')
+    if bad is not None:
+        raise CVDDError(f'{root/f"epoch_{bad}"} holds batches {counts[bad][:5]}..., epoch_0 holds '
+                        f'batch_0..batch_{len(counts[0]) - 1}', 'the files are incomplete: relabel again')
     return len(epochs), len(counts[0])
 
 # %% ../nbs/05a_fkd.ipynb #79926aea
 def _fkd_tensors(E:int, n:int, nb:int, B:int)->dict:
-    "Empty store tensors for E epochs of n images in nb batches (lambda in float64: Mixup keeps the reference's draw exactly)."
+    ("Empty store tensors for E epochs of n images in nb batches (lambda in float64: Mixup keeps the reference's draw "
+     "exactly).")
     return dict(order=torch.zeros(E, n, dtype=torch.int32), crops=torch.zeros(E, n, 4, dtype=torch.int16), flips=torch.zeros(E, n, dtype=torch.bool),
-                perm=torch.zeros(E, n, dtype=torch.int16 if B < 16384 else torch.int32), lam=torch.zeros(E, nb, dtype=torch.float64),
+                perm=torch.zeros(E, n, dtype=torch.int16 if B < 16384 else torch.int32),
+                lam=torch.zeros(E, nb, dtype=torch.float64),
                 box=torch.zeros(E, nb, 4, dtype=torch.int16))
 
 # %% ../nbs/05a_fkd.ipynb #e50e3f3e
 def _check_batches(n:int, B:int, nb:int, root:Path)->list:
     "The (start, end) of each batch, or a `CVDDError` if the files are for another number of images."
-    if nb != math.ceil(n / B): raise CVDDError(f'{root} holds {nb} batches of {B} per epoch, but {n} images make {math.ceil(n / B)}', 'pass all the distilled images these labels were made for, in the order of their folder')
-    if n % B == 1: raise CVDDError(f'with {n} images the reference\'s last batch holds one image, which a label store merges into the batch before', 'relabel with a batch size that leaves at least two images in the last batch')
+    if nb != math.ceil(n / B):
+        raise CVDDError(f'{root} holds {nb} batches of {B} per epoch, but {n} images make {math.ceil(n / B)}',
+                        'pass all the distilled images these labels were made for, in the order of their folder')
+    if n % B == 1:
+        raise CVDDError(f'with {n} images the reference\'s last batch holds one image, which a label store merges '
+                        f'into the batch before', 'relabel with a batch size that leaves at least two images in the last batch')
     return batch_bounds(n, B)
 
 # %% ../nbs/05a_fkd.ipynb #878227a5
@@ -128,15 +150,18 @@ def store_from_fkd(root:str|Path,            # the reference's <fkd>_bs{B}_ipc{N
         t['order'][e] = sampler_order(n, seed, e)
         for b, (s, f) in enumerate(bounds):
             where = root/f'epoch_{e}'/f'batch_{b}.tar'; v = fkd_views(load_fkd_batch(where), (H, W), K, where)
-            if len(v['crops']) != f - s: raise _bad(where, f'{len(v["crops"])} images, batch {b} of {n} images in batches of {B} has {f - s}')
+            if len(v['crops']) != f - s:
+                raise _bad(where, f'{len(v["crops"])} images, batch {b} of {n} images in batches of {B} has {f - s}')
             if 'logits' not in t: t['logits'] = torch.zeros(E, n, K, dtype=v['logits'].dtype)
             t['crops'][e, s:f], t['flips'][e, s:f], t['perm'][e, s:f], t['logits'][e, s:f] = v['crops'].short(), v['flips'], v['perm'].to(t['perm'].dtype), v['logits'].to(t['logits'].dtype)
             t['lam'][e, b], t['box'][e, b] = v['lam'], v['box'].short(); mixes.add(v['mix'])
     if len(mixes) != 1: raise CVDDError(f'{root} mixes {sorted(mixes)} between batches', 'use files of one relabel run')
-    cfg = RelabelConfig(epochs=E, batch_size=B, sub_batch=math.ceil(B / 2), mix=mixes.pop(), flip='yes' if t['flips'].any() else 'no', seed=seed)
+    cfg = RelabelConfig(epochs=E, batch_size=B, sub_batch=math.ceil(B / 2), mix=mixes.pop(),
+                        flip='yes' if t['flips'].any() else 'no', seed=seed)
     names = list(teachers or ['reference'])
     meta = dict(config=cfg.to_dict(), n=n, num_classes=K, img_size=[H, W], dataset=info.name, class_names=list(info.class_names), teachers=names,
-                weights=[1 / len(names)] * len(names), priors=None, flip=bool(t['flips'].any()), order='torch', images=images_fingerprint(images),
+                weights=[1 / len(names)] * len(names), priors=None, flip=bool(t['flips'].any()), order='torch',
+                images=images_fingerprint(images),
                 source=dict(format='reference FKD files', path=str(root), seed=seed), seconds=0.0, versions=versions())
     return LabelStore(t, meta)
 
@@ -148,7 +173,8 @@ def fkd_folder(prefix:str|Path, batch_size:int, ipc:int)->Path:
 # %% ../nbs/05a_fkd.ipynb #ac465f8e
 def _check_order(store:LabelStore, seed:int):
     "Raise unless every epoch of `store` is in the order the reference's loader draws with `seed`."
-    bad = next((e for e in range(store.epochs) if not torch.equal(store.tensors['order'][e].long(), sampler_order(store.n, seed, e))), None)
+    bad = next((e for e in range(store.epochs) if not torch.equal(store.tensors['order'][e].long(),
+                                                                  sampler_order(store.n, seed, e))), None)
     if bad is not None:
         raise CVDDError(f'epoch {bad} of the store is not in the order the reference\'s loader draws (torch RandomSampler, seed {seed}): its trainer would give these labels to other images',
                         f"make the store with relabel(..., order='torch') and RelabelConfig(seed={seed})")
@@ -160,8 +186,12 @@ def store_to_fkd(store:LabelStore,     # labels made in the reference's order (r
                  quiet:bool=True)->Path:
     "Write `store` as the reference's files `root/epoch_{e}/batch_{b}.tar`."
     root, n, B = Path(root), store.n, store.config.batch_size
-    if root.exists() and any(root.iterdir()): raise CVDDError(f'{root} is not empty (the reference\'s trainer counts every entry in it as an epoch)', 'write into a new folder')
-    if n % B == 1: raise CVDDError(f'the reference would cut {n} images into batches of {B} with a last batch of one; the store merged it', 'relabel with another batch size')
+    if root.exists() and any(root.iterdir()):
+        raise CVDDError(f'{root} is not empty (the reference\'s trainer counts every entry in it as an epoch)',
+                        'write into a new folder')
+    if n % B == 1:
+        raise CVDDError(f'the reference would cut {n} images into batches of {B} with a last batch of one; the store '
+                        f'merged it', 'relabel with another batch size')
     _check_order(store, seed)
     half = any(store.tensors[k].dtype == torch.half for k in ('logits', 'values') if k in store.tensors)
     for e in progress(range(store.epochs), desc='writing labels', disable=quiet or None):

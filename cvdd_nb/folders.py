@@ -25,7 +25,9 @@ READABLE = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.
 def as_uint8(images:torch.Tensor)->torch.Tensor:
     "uint8 pixels of uint8 images, or of floats in [0, 1] (rounded to the nearest 1/255)."
     if images.dtype == torch.uint8: return images.detach().cpu()
-    if not images.is_floating_point(): raise CVDDError(f'images must be uint8 or floats in [0, 1], got {images.dtype}', 'pass the images in [0, 1] (e.g. `images01()` of a set)')
+    if not images.is_floating_point():
+        raise CVDDError(f'images must be uint8 or floats in [0, 1], got {images.dtype}',
+                        'pass the images in [0, 1] (e.g. `images01()` of a set)')
     return (images.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
 
 # %% ../nbs/01a_folders.ipynb #7be0b1a4
@@ -36,7 +38,9 @@ def image_bytes(img:torch.Tensor,        # one image (C, H, W), C = 1 or 3: uint
     from PIL import Image
     check_choice('image format', fmt, FORMATS)
     a = as_uint8(img).numpy()
-    if a.ndim != 3 or a.shape[0] not in (1, 3): raise CVDDError(f'an image must be (C, H, W) with 1 or 3 channels, got {tuple(a.shape)}', 'pass one image of the set')
+    if a.ndim != 3 or a.shape[0] not in (1, 3):
+        raise CVDDError(f'an image must be (C, H, W) with 1 or 3 channels, got {tuple(a.shape)}',
+                        'pass one image of the set')
     buf, im = io.BytesIO(), Image.fromarray(a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0))
     if fmt == 'png': im.save(buf, format='PNG')
     else: im.save(buf, format='JPEG', quality=quality)
@@ -47,7 +51,8 @@ def _slug(name)->str: return re.sub(r'[^A-Za-z0-9.-]+', '_', str(name)).strip('.
 
 # %% ../nbs/01a_folders.ipynb #a9c3fb7d
 def class_folders(class_names:list)->list:
-    "One folder name per class, `<index>_<name>`, the index zero-padded to one width: sorted as strings, they keep the class order."
+    ("One folder name per class, `<index>_<name>`, the index zero-padded to one width: sorted as strings, they keep "
+     "the class order.")
     w = max(4, len(str(len(class_names) - 1)))
     return [f'{i:0{w}d}' + (f'_{_slug(n)}' if _slug(n) else '') for i, n in enumerate(class_names)]
 
@@ -56,16 +61,21 @@ def image_paths(labels,                   # the class of each image (N,), in the
                 class_names:list,         # one name per class
                 layout:str='imagefolder', # 'imagefolder' (ours) or 'reference'
                 fmt:str='png')->list:     # 'png' or 'jpg'
-    "The relative path of each image's file: the k-th image of class c at `<class folder>/<k>.<fmt>` or `new{c:03d}/class{c:03d}_id{k:03d}.<fmt>`."
+    ("The relative path of each image's file: the k-th image of class c at `<class folder>/<k>.<fmt>` or "
+     "`new{c:03d}/class{c:03d}_id{k:03d}.<fmt>`.")
     check_choice('folder layout', layout, LAYOUTS); check_choice('image format', fmt, FORMATS)
     labels, K = [int(c) for c in labels], len(class_names)
-    if labels and not 0 <= min(labels) <= max(labels) < K: raise CVDDError(f'labels must be in 0..{K - 1}, found {min(labels)}..{max(labels)}', 'give one class name per class')
+    if labels and not 0 <= min(labels) <= max(labels) < K:
+        raise CVDDError(f'labels must be in 0..{K - 1}, found {min(labels)}..{max(labels)}',
+                        'give one class name per class')
     most = int(np.bincount(labels, minlength=K).max()) if labels else 0
     if layout == 'reference' and (K > 1000 or most > 1000):
-        raise CVDDError(f'the reference layout has 3-digit class and image numbers: {K} classes, up to {most} images per class', "write layout='imagefolder' (its numbers widen as needed)")
+        raise CVDDError(f'the reference layout has 3-digit class and image numbers: {K} classes, up to {most} images '
+                        f'per class', "write layout='imagefolder' (its numbers widen as needed)")
     folders, w, k, out = class_folders(class_names), max(3, len(str(most - 1))), [0] * K, []
     for c in labels:
-        out.append(f'new{c:03d}/class{c:03d}_id{k[c]:03d}.{fmt}' if layout == 'reference' else f'{folders[c]}/{k[c]:0{w}d}.{fmt}'); k[c] += 1
+        out.append(f'new{c:03d}/class{c:03d}_id{k[c]:03d}.{fmt}' if layout == 'reference' else f'{folders[c]}/{k[c]:0{w}d}.{fmt}')
+        k[c] += 1
     return out
 
 # %% ../nbs/01a_folders.ipynb #387dc1d6
@@ -90,15 +100,22 @@ def folder_layout(root:str|Path)->str:
     if not root.is_dir(): raise CVDDError(f'{root} is not a folder', 'point at the image folder of a distilled set')
     dirs, files = sorted(p for p in root.iterdir() if p.is_dir()), sorted(p for p in root.iterdir() if _is_image(p))
     hidden = [d.name for d in dirs if d.name.startswith('.')]
-    if hidden: raise CVDDError(f'{root} holds the hidden folder(s) {hidden}: torchvision\'s ImageFolder would read each as a class', 'remove them')
+    if hidden:
+        raise CVDDError(f'{root} holds the hidden folder(s) {hidden}: torchvision\'s ImageFolder would read each as a '
+                        f'class', 'remove them')
     if not dirs:
         if files and all(_FLAT_FILE.fullmatch(p.name) for p in files): return 'flat'
         what = f'{len(files)} image file(s) but no class folders' if files else 'no class folders and no images'
         raise CVDDError(f'{root} is in neither layout: it holds {what}', _LAYOUT_FIX)
-    if files: raise CVDDError(f'{root} holds class folders and also {len(files)} loose image file(s) such as {files[0].name}', _LAYOUT_FIX)
+    if files:
+        raise CVDDError(f'{root} holds class folders and also {len(files)} loose image file(s) such as '
+                        f'{files[0].name}', _LAYOUT_FIX)
     empty = [d.name for d in dirs if not _class_files(d)]
-    if empty: raise CVDDError(f'class folder(s) {empty[:5]} in {root} hold no images', f'add images ({", ".join(READABLE)}) or remove the folder')
-    if all(_REF_DIR.fullmatch(d.name) for d in dirs) and all(_REF_FILE.fullmatch(f.name) for d in dirs for f in _class_files(d)): return 'reference'
+    if empty:
+        raise CVDDError(f'class folder(s) {empty[:5]} in {root} hold no images',
+                        f'add images ({", ".join(READABLE)}) or remove the folder')
+    if all(_REF_DIR.fullmatch(d.name) for d in dirs) and all(_REF_FILE.fullmatch(f.name) for d in dirs for f in _class_files(d)):
+        return 'reference'
     return 'imagefolder'
 
 # %% ../nbs/01a_folders.ipynb #8b27d1e9
@@ -109,7 +126,8 @@ def _ours_only(root:Path)->bool:
     "True if `root` holds only class folders and image files named as `write_image_folder` names them (and temp files)."
     for d in root.iterdir():
         if not d.is_dir() or not (_OURS_DIR.fullmatch(d.name) or _REF_DIR.fullmatch(d.name)): return False
-        if not all(f.is_file() and (_OURS_FILE.fullmatch(f.name) or _REF_FILE.fullmatch(f.name) or _is_temp(f)) for f in d.iterdir()): return False
+        if not all(f.is_file() and (_OURS_FILE.fullmatch(f.name) or _REF_FILE.fullmatch(f.name) or _is_temp(f)) for f in d.iterdir()):
+            return False
     return True
 
 # %% ../nbs/01a_folders.ipynb #36fc31a9
@@ -122,9 +140,11 @@ def write_image_folder(root:str|Path,           # the folder to write (one writt
                        quality:int=95)->Path:   # JPEG quality
     "Write one file per image in `layout`, each atomically; files of an earlier set that this one lacks are removed."
     root, paths = Path(root), image_paths(labels, class_names, layout, fmt)
-    if len(paths) != len(images): raise CVDDError(f'{len(images)} images but {len(paths)} labels', 'give one label per image')
+    if len(paths) != len(images):
+        raise CVDDError(f'{len(images)} images but {len(paths)} labels', 'give one label per image')
     if root.exists() and not (root.is_dir() and _ours_only(root)):
-        raise CVDDError(f'{root} exists and holds files that are not a distilled image folder', 'write into a new folder, or empty this one')
+        raise CVDDError(f'{root} exists and holds files that are not a distilled image folder',
+                        'write into a new folder, or empty this one')
     for p, x in zip(paths, images): atomic_write(root/p, image_bytes(x, fmt, quality))
     keep = {root/p for p in paths}
     for d in [d for d in root.iterdir() if d.is_dir()] if root.exists() else []:
@@ -149,14 +169,16 @@ def find_image_folder(root:str|Path)->Path:
     "The image folder of a run folder (`images/`, or `png/` of older runs), else `root` itself."
     root = Path(root)
     for sub in ('images', 'png'):
-        if (root/sub).is_dir() and any((root/f).is_file() for f in ('recovered.json', 'distilled.json')): return root/sub
+        if (root/sub).is_dir() and any((root/f).is_file() for f in ('recovered.json', 'distilled.json')):
+            return root/sub
     return root
 
 # %% ../nbs/01a_folders.ipynb #923b3df1
 def _listing(root:Path, layout:str)->tuple:
     "(files, labels, class names) of a folder in `layout`."
     if layout == 'flat':
-        files = sorted(p for p in root.iterdir() if _is_image(p)); labels = [int(_FLAT_FILE.fullmatch(p.name)[1]) for p in files]
+        files = sorted(p for p in root.iterdir() if _is_image(p))
+        labels = [int(_FLAT_FILE.fullmatch(p.name)[1]) for p in files]
         return files, labels, [f'{c:04d}' for c in range(max(labels) + 1)]
     dirs = sorted(p for p in root.iterdir() if p.is_dir())
     for i, d in enumerate(dirs if layout == 'reference' else []):
@@ -175,11 +197,14 @@ def _pixels(files:list, channels:int|None)->np.ndarray:
     for f in files:
         try:
             with Image.open(f) as im: heads.append((im.size, im.mode))
-        except (OSError, UnidentifiedImageError) as e: raise CVDDError(f'cannot read image {f}: {e}', 'remove or replace the damaged file') from None
+        except (OSError, UnidentifiedImageError) as e:
+            raise CVDDError(f'cannot read image {f}: {e}', 'remove or replace the damaged file') from None
     channels = channels or (1 if all(m in ('1', 'L', 'LA', 'I', 'I;16', 'F') for _, m in heads) else 3)
     check_choice('channels', channels, [1, 3])
     odd = next((i for i, (s, _) in enumerate(heads) if s != heads[0][0]), None)
-    if odd is not None: raise CVDDError(f'images differ in size: {files[0]} is {heads[0][0]}, {files[odd]} is {heads[odd][0]} (W, H)', 'use one image size for the whole set')
+    if odd is not None:
+        raise CVDDError(f'images differ in size: {files[0]} is {heads[0][0]}, {files[odd]} is {heads[odd][0]} (W, H)',
+                        'use one image size for the whole set')
     (w, h), out = heads[0][0], np.empty((len(files), channels, heads[0][0][1], heads[0][0][0]), np.uint8)
     for i, f in enumerate(files):
         with Image.open(f) as im: a = np.asarray(im.convert('L' if channels == 1 else 'RGB'))
@@ -193,7 +218,8 @@ def read_image_folder(root:str|Path,          # an image folder, or a run folder
     "Read a distilled set's image files and their labels, in `ImageFolder` order."
     root = find_image_folder(root)
     found = folder_layout(root)
-    if layout != 'auto' and check_choice('folder layout', layout, LAYOUTS + ('flat',)) != found and not (layout == 'imagefolder' and found == 'reference'):
+    if layout != 'auto' and check_choice('folder layout', layout,
+                                         LAYOUTS + ('flat',)) != found and not (layout == 'imagefolder' and found == 'reference'):
         raise CVDDError(f'{root} is in the {found} layout, not {layout}', f"pass layout='auto' (or '{found}')")
     files, labels, classes = _listing(root, found if layout == 'auto' else layout)
     return FolderImages(torch.from_numpy(np.ascontiguousarray(_pixels(files, channels))), torch.tensor(labels, dtype=torch.long), classes,

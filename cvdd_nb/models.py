@@ -148,18 +148,21 @@ def mobilenetv2(num_classes, in_chans=3, img_size=(32, 32), width=1.0,
 
 # %% ../nbs/02_models.ipynb #d98c7928
 class RefInvertedResidual(nn.Module):
-    "The reference's MobileNetV2 block: 1x1 expand (always), 3x3 depthwise, 1x1 project; a residual, projected if the channels change."
+    ("The reference's MobileNetV2 block: 1x1 expand (always), 3x3 depthwise, 1x1 project; a residual, projected if the "
+     "channels change.")
     def __init__(self, cin, cout, stride, expand,
                  residual:bool|None=None):  # whether the published block has one (stride 1 there); default: stride == 1
         super().__init__()
         hid, residual = int(round(cin * expand)), stride == 1 if residual is None else residual
-        self.body = nn.Sequential(_conv_bn(cin, hid, 1), _conv_bn(hid, hid, 3, stride, groups=hid), _conv_bn(hid, cout, 1, relu=False))
+        self.body = nn.Sequential(_conv_bn(cin, hid, 1), _conv_bn(hid, hid, 3, stride, groups=hid),
+                                  _conv_bn(hid, cout, 1, relu=False))
         self.shortcut = None if not residual else nn.Identity() if cin == cout else _conv_bn(cin, cout, 1, relu=False)
     def forward(self, x): return self.body(x) if self.shortcut is None else self.body(x) + self.shortcut(x)
 
 # %% ../nbs/02_models.ipynb #06d62866
 class MobileNetV2Ref(MobileNetV2):
-    "The CV-DD reference's CIFAR MobileNetV2: `MobileNetV2` with `RefInvertedResidual` blocks, residuals where the published network has them."
+    ("The CV-DD reference's CIFAR MobileNetV2: `MobileNetV2` with `RefInvertedResidual` blocks, residuals where the "
+     "published network has them.")
     def block(self, cin, cout, stride, expand, published_stride): return RefInvertedResidual(cin, cout, stride, expand, published_stride == 1)
 
 def mobilenetv2_ref(num_classes, in_chans=3, img_size=(32, 32), width=1.0,
@@ -178,9 +181,11 @@ class ShuffleUnit(nn.Module):
     def __init__(self, cin, cout, stride):
         super().__init__()
         b, self.split = cout // 2, stride == 1 and cin == cout
-        if not self.split: self.left = nn.Sequential(_conv_bn(cin, cin, 3, stride, groups=cin, relu=False), _conv_bn(cin, b, 1))
+        if not self.split:
+            self.left = nn.Sequential(_conv_bn(cin, cin, 3, stride, groups=cin, relu=False), _conv_bn(cin, b, 1))
         cr = cin // 2 if self.split else cin
-        self.right = nn.Sequential(_conv_bn(cr, b, 1), _conv_bn(b, b, 3, stride, groups=b, relu=False), _conv_bn(b, b, 1))
+        self.right = nn.Sequential(_conv_bn(cr, b, 1), _conv_bn(b, b, 3, stride, groups=b, relu=False),
+                                   _conv_bn(b, b, 1))
     def forward(self, x):
         if self.split: l, r = x.chunk(2, dim=1); out = torch.cat([l, self.right(r)], 1)
         else: out = torch.cat([self.left(x), self.right(x)], 1)
@@ -188,10 +193,14 @@ class ShuffleUnit(nn.Module):
 
 class ShuffleNetV2(nn.Module):
     "CIFAR-style ShuffleNetV2: 3x3 stride-1 stem, no max-pool, three stages, 1x1 conv, pooling."
-    sizes = {0.5: (24, 48, 96, 192, 1024), 1.0: (24, 116, 232, 464, 1024), 1.5: (24, 176, 352, 704, 1024), 2.0: (24, 244, 488, 976, 2048)}
-    def __init__(self, num_classes:int, in_chans:int=3, width:float=1.0, scale:float=0.5, img_size:int=32, min_size:int=1):
+    sizes = {0.5: (24, 48, 96, 192, 1024), 1.0: (24, 116, 232, 464, 1024), 1.5: (24, 176, 352, 704, 1024),
+             2.0: (24, 244, 488, 976, 2048)}
+    def __init__(self, num_classes:int, in_chans:int=3, width:float=1.0, scale:float=0.5, img_size:int=32,
+                 min_size:int=1):
         super().__init__()
-        if scale not in self.sizes: raise CVDDError(f'ShuffleNetV2 scale {scale} is not one of {list(self.sizes)}', 'pass scale=0.5, 1.0, 1.5 or 2.0, and width= for other sizes')
+        if scale not in self.sizes:
+            raise CVDDError(f'ShuffleNetV2 scale {scale} is not one of {list(self.sizes)}',
+                            'pass scale=0.5, 1.0, 1.5 or 2.0, and width= for other sizes')
         chs = [_ch(c, width, div=2) for c in self.sizes[scale]]
         c, layers, size = chs[0], [_conv_bn(in_chans, chs[0])], img_size
         for co, n in zip(chs[1:4], (4, 8, 4)):
@@ -229,7 +238,8 @@ class DenseNet(nn.Module):
                 co = int(math.floor(c * reduction))
                 layers += [nn.BatchNorm2d(c), nn.ReLU(inplace=True), nn.Conv2d(c, co, 1, bias=False)]; c = co
                 pool = size // 2 >= min_size; size = size // 2 if pool else size
-                layers.append(nn.AvgPool2d(2) if pool else nn.Identity())   # same module indices, so the same weight names
+                # same module indices, so the same weight names
+                layers.append(nn.AvgPool2d(2) if pool else nn.Identity())
         layers += [nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
         self.features, self.classifier = nn.Sequential(*layers), nn.Linear(c, num_classes)
     def forward(self, x): return self.classifier(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
@@ -246,7 +256,8 @@ class ConvNet3(nn.Module):
                  depth:int=3,          # number of conv blocks
                  net_width:int=128):   # channels per block at width 1
         super().__init__()
-        c, pad0, layers = _ch(net_width, width), 3 if in_chans == 1 else 1, []    # DC: grey images get 3 px of padding (28 -> 32)
+        # DC: grey images get 3 px of padding (28 -> 32)
+        c, pad0, layers = _ch(net_width, width), 3 if in_chans == 1 else 1, []
         h, w = (s + 2 * pad0 - 2 for s in _hw(img_size))
         for i in range(depth):
             layers += [nn.Conv2d(in_chans if i == 0 else c, c, 3, padding=pad0 if i == 0 else 1), nn.GroupNorm(c, c, affine=True),
@@ -284,9 +295,12 @@ def _unwrap(obj, path):
     while isinstance(obj, dict) and any(isinstance(obj.get(k), dict) for k in ('state_dict', 'model')):
         obj = obj['state_dict'] if isinstance(obj.get('state_dict'), dict) else obj['model']
     if not isinstance(obj, dict) or not obj:
-        raise CVDDError(f'{path} holds a {type(obj).__name__}, not a state dict of tensors', 'save model.state_dict() (safetensors preferred)')
+        raise CVDDError(f'{path} holds a {type(obj).__name__}, not a state dict of tensors',
+                        'save model.state_dict() (safetensors preferred)')
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
-    if bad: raise CVDDError(f'{path} is not a state dict: entries {bad[:5]} are not tensors', "save model.state_dict(), or a dict with it under 'state_dict' or 'model'")
+    if bad:
+        raise CVDDError(f'{path} is not a state dict: entries {bad[:5]} are not tensors',
+                        "save model.state_dict(), or a dict with it under 'state_dict' or 'model'")
     for p in ('module.', '_orig_mod.'): obj = _strip(obj, p)
     return obj
 
@@ -298,7 +312,8 @@ def _load_error(path:Path, e:Exception)->CVDDError:
         return CVDDError(f'{path} was refused by torch.load(weights_only=True): it holds objects other than tensors '
                          f'(it would import {g.group(1)}), which could run code when loaded',
                          'only load files you trust; re-save just the tensors: safetensors.torch.save_file(model.state_dict(), ...)')
-    why = next((l.strip() for l in str(e).splitlines() if 'Unsupported' in l), str(e).splitlines()[0][:200] if str(e) else '')
+    why = next((l.strip() for l in str(e).splitlines() if 'Unsupported' in l),
+               str(e).splitlines()[0][:200] if str(e) else '')
     return CVDDError(f'{path} could not be read, it is damaged, truncated or not a weights file ({type(e).__name__}: {why})',
                      'copy or re-save the weights file (safetensors preferred: safetensors.torch.save_file(model.state_dict(), ...))')
 
@@ -322,7 +337,8 @@ def load_weights(model:nn.Module,   # the model to fill
     if not isinstance(weights, dict): src, weights = str(weights), read_state_dict(weights)
     own = model.state_dict()
     missing, unexpected = [k for k in own if k not in weights], [k for k in weights if k not in own]
-    shapes = [f'{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}' for k, v in own.items() if k in weights and weights[k].shape != v.shape]
+    shapes = [f'{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}' for k,
+              v in own.items() if k in weights and weights[k].shape != v.shape]
     if missing or unexpected or shapes:
         parts = [f'{n} ({len(l)}): {", ".join(l[:5])}{", ..." if len(l) > 5 else ""}' for n, l in
                  (('missing keys', missing), ('unexpected keys', unexpected), ('shape mismatches (file vs model)', shapes)) if l]
@@ -335,22 +351,26 @@ def load_weights(model:nn.Module,   # the model to fill
 # %% ../nbs/02_models.ipynb #a873bd3a
 def _unknown(kind, name, valid, hint):
     close = get_close_matches(name, valid, n=5, cutoff=0.6)
-    return CVDDError(f'unknown {kind} model {name!r}' + (f' (did you mean: {", ".join(close)}?)' if close else ''), hint)
+    return CVDDError(f'unknown {kind} model {name!r}' + (f' (did you mean: {", ".join(close)}?)' if close else ''),
+                     hint)
 
 def _timm_model(name, num_classes, in_chans, **kw):
     "A timm model built from scratch (never downloaded)."
     import timm
-    if not timm.is_model(name): raise _unknown('timm', name, timm.list_models(), "list them with timm.list_models('*pattern*')")
+    if not timm.is_model(name):
+        raise _unknown('timm', name, timm.list_models(), "list them with timm.list_models('*pattern*')")
     return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kw)
 
 def _replace_first_conv(model, in_chans):
     "Swap the first 3-channel Conv2d of `model` for one with `in_chans` input channels."
     for name, m in model.named_modules():
         if isinstance(m, nn.Conv2d) and m.in_channels == 3:
-            new = nn.Conv2d(in_chans, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups, m.bias is not None, m.padding_mode)
+            new = nn.Conv2d(in_chans, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
+                            m.bias is not None, m.padding_mode)
             parent, _, attr = name.rpartition('.')
             setattr(model.get_submodule(parent) if parent else model, attr, new); return model
-    raise CVDDError(f'found no 3-channel Conv2d to adapt to in_chans={in_chans}', 'use a timm model (timm adapts in_chans itself)')
+    raise CVDDError(f'found no 3-channel Conv2d to adapt to in_chans={in_chans}',
+                    'use a timm model (timm adapts in_chans itself)')
 
 def _tv_model(name, num_classes, in_chans, **kw):
     "A torchvision classification model built from scratch (`weights=None`)."
@@ -367,7 +387,8 @@ SMALL_MODELS = dict(convnet=ConvNet, resnet18=resnet18, resnet50=resnet50, mobil
 STUDENT_MODELS = dict(convnet3=ConvNet3)   # students only: no BatchNorm, so never an expert
 
 def list_models(students:bool=False)->list:
-    "Names of the small-image expert architectures (and the student-only ones with `students`); `'timm:<name>'`, `'tv:<name>'` too."
+    ("Names of the small-image expert architectures (and the student-only ones with `students`); `'timm:<name>'`, "
+     "`'tv:<name>'` too.")
     return list(SMALL_MODELS) + (list(STUDENT_MODELS) if students else [])
 
 def _arch_kwargs(name, kw)->dict:
@@ -380,17 +401,20 @@ def _arch_kwargs(name, kw)->dict:
 
 # %% ../nbs/02_models.ipynb #b8b1a52b
 def _check_int(name, v, least, fix):
-    if isinstance(v, bool) or not isinstance(v, int) or v < least: raise CVDDError(f'{name} must be an integer >= {least}, got {v!r}', fix)
+    if isinstance(v, bool) or not isinstance(v, int) or v < least:
+        raise CVDDError(f'{name} must be an integer >= {least}, got {v!r}', fix)
 
 def _check_args(num_classes, in_chans, img_size, width):
     "Validate the common arguments; return `img_size` as (H, W)."
     _check_int('num_classes', num_classes, 2, 'pass the number of classes of the dataset (at least 2)')
     _check_int('in_chans', in_chans, 1, 'pass the number of image channels (1 for grey, 3 for colour)')
     hw = tuple(img_size) if isinstance(img_size, (tuple, list)) else (img_size, img_size)
-    if len(hw) != 2: raise CVDDError(f'img_size must be an int or (H, W), got {img_size!r}', 'pass e.g. img_size=32 or (28, 28)')
+    if len(hw) != 2:
+        raise CVDDError(f'img_size must be an int or (H, W), got {img_size!r}', 'pass e.g. img_size=32 or (28, 28)')
     for v in hw: _check_int('img_size', v, 8, 'images must be at least 8 px: upsample smaller ones')
     if isinstance(width, bool) or not isinstance(width, (int, float)) or not width > 0:
-        raise CVDDError(f'width must be a number > 0, got {width!r}', 'pass e.g. width=1.0 (published size) or 0.25 (CPU)')
+        raise CVDDError(f'width must be a number > 0, got {width!r}',
+                        'pass e.g. width=1.0 (published size) or 0.25 (CPU)')
     return hw
 
 # %% ../nbs/02_models.ipynb #2cf14b64
@@ -398,7 +422,9 @@ def _build(name, num_classes, in_chans, hw, width, kw):
     "The bare model for `name`, and the architecture arguments to record."
     kind, _, sub = name.partition(':') if isinstance(name, str) else (None, '', '')
     if kind in ('timm', 'tv'):
-        if width != 1: raise CVDDError(f'width={width} only applies to the small architectures, not {name!r}', 'leave width=1.0 for timm / torchvision models')
+        if width != 1:
+            raise CVDDError(f'width={width} only applies to the small architectures, not {name!r}',
+                            'leave width=1.0 for timm / torchvision models')
         return (_timm_model if kind == 'timm' else _tv_model)(sub, num_classes, in_chans, **kw), kw
     check_choice('model', name, list_models(students=True) + ['timm:<name>', 'tv:<name>'])
     kw = _arch_kwargs(name, kw)
@@ -415,8 +441,12 @@ def create_model(name:str,          # 'convnet', 'resnet18', ..., 'timm:<name>' 
     "Build a model by name; it carries `model.cvdd_spec`, from which `create_model(**spec)` rebuilds it."
     kw, hw = {**(kwargs or {}), **kw}, _check_args(num_classes, in_chans, img_size, width)
     try: json.dumps(kw)
-    except (TypeError, ValueError): raise CVDDError(f'model arguments {kw} cannot be stored as JSON', 'pass only numbers, strings, lists and dicts') from None
-    if 'pretrained' in kw: raise CVDDError('pretrained= is not accepted: cvdd never downloads weights', 'pass weights=<a local safetensors or .pth file>')
+    except (TypeError, ValueError):
+        raise CVDDError(f'model arguments {kw} cannot be stored as JSON',
+                        'pass only numbers, strings, lists and dicts') from None
+    if 'pretrained' in kw:
+        raise CVDDError('pretrained= is not accepted: cvdd never downloads weights',
+                        'pass weights=<a local safetensors or .pth file>')
     model, kw = _build(name, num_classes, in_chans, hw, width, kw)
     model.cvdd_spec = dict(name=name, num_classes=num_classes, in_chans=in_chans,
                            img_size=list(img_size) if isinstance(img_size, (tuple, list)) else img_size, width=float(width), kwargs=kw)

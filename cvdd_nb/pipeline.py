@@ -34,10 +34,12 @@ METHODS = ('cvdd', 'sre2l++', 'random_soft', 'random_hard', 'cvdd_hard')
 @dataclasses.dataclass
 class ExpertsSettings(Config):
     "The expert pool of a run: trained here, or reused from a folder."
-    archs:list = dataclasses.field(default_factory=lambda: ['convnet:0.5', 'resnet18:0.25', 'mobilenetv2:0.5', 'shufflenetv2:1', 'densenet121:0.25'])
+    archs:list = dataclasses.field(default_factory=lambda: ['convnet:0.5', 'resnet18:0.25', 'mobilenetv2:0.5',
+                                                            'shufflenetv2:1', 'densenet121:0.25'])
     epochs:int = 20
     batch_size:int = 128
-    pool:str = ''             # an existing pool to reuse instead of training: a folder, or a zoo name ('zoo:fashion_mnist', '...@e1')
+    # an existing pool to reuse instead of training: a folder, or a zoo name ('zoo:fashion_mnist', '...@e1')
+    pool:str = ''
     train_per_class:int = 0   # train the experts on this many random images per class (0: all; a CPU budget)
     min_margin:float = 5.0    # refuse experts within this many points of chance
     teachers:str = ''         # another pool makes the soft labels (default: this one), e.g. its early snapshots
@@ -46,12 +48,14 @@ class ExpertsSettings(Config):
 @dataclasses.dataclass
 class PriorSettings(Config):
     "Where the votes' priors come from."
-    mode:str = 'accuracy'     # 'accuracy' (expert test accuracy), 'equal', 'given', 'distill' (the reference: SRe2L++ student accuracy)
+    # 'accuracy' (expert test accuracy), 'equal', 'given', 'distill' (the reference: SRe2L++ student accuracy)
+    mode:str = 'accuracy'
     values:list|dict|None = None  # mode 'given': one number per expert or {name: number}
     distill_iterations:int = 0    # mode 'distill': recover iterations per expert (0: as recover)
     distill_epochs:int = 0        # mode 'distill': student epochs (0: as evaluate)
     distill_ipc:int = 0           # mode 'distill': IPC of the single-expert sets (0: the run's IPC)
-    distill_valid:int = 200       # mode 'distill': score on up to this many training images per class (0: the test split, as the reference)
+    # mode 'distill': score on up to this many training images per class (0: the test split, as the reference)
+    distill_valid:int = 200
 
 @dataclasses.dataclass
 class EvalSettings(Config):
@@ -59,7 +63,8 @@ class EvalSettings(Config):
     seeds:list = dataclasses.field(default_factory=lambda: [0, 1, 2])
     methods:list = dataclasses.field(default_factory=lambda: ['cvdd', 'sre2l++', 'random_soft', 'random_hard'])
     student:dict = dataclasses.field(default_factory=dict)   # `EvalConfig` settings
-    students:list = dataclasses.field(default_factory=list)  # more students (tables like `student`), each trained on every method
+    # more students (tables like `student`), each trained on every method
+    students:list = dataclasses.field(default_factory=list)
     hard_protocol:str = 'kd'  # how the hard-label methods train: 'kd' (each student above, with cross-entropy) or
                               # 'dc' (once, a ConvNet-3 with SGD and DSA: the protocol of the DC/DSA/MTT tables)
     hard:dict = dataclasses.field(default_factory=dict)      # 'dc': `HardProtocol` settings, e.g. epochs = 1000
@@ -77,8 +82,10 @@ class RunConfig(Config):
     root:str = ''             # dataset folder ('' = the dataset's default place)
     ipc:int = 10
     seed:int = 0
-    valid:int = 0             # hold out this many training images per class and score on them instead of the test split (tuning)
-    valid_seed:int|None = None  # the draw of that hold-out (None: `seed`); fix it (the zoo's is 0) to tune over several seeds
+    # hold out this many training images per class and score on them instead of the test split (tuning)
+    valid:int = 0
+    # the draw of that hold-out (None: `seed`); fix it (the zoo's is 0) to tune over several seeds
+    valid_seed:int|None = None
     device:str = 'auto'
     experts:dict = dataclasses.field(default_factory=dict)
     priors:dict = dataclasses.field(default_factory=dict)
@@ -91,9 +98,12 @@ class RunConfig(Config):
         if isinstance(self.ipc, bool) or not isinstance(self.ipc, int) or self.ipc < 1:
             raise CVDDError(f'ipc must be an integer >= 1, got {self.ipc!r}', 'set ipc = 1 or more (images per class)')
         if isinstance(self.valid, bool) or not isinstance(self.valid, int) or self.valid < 0:
-            raise CVDDError(f'valid must be an integer >= 0, got {self.valid!r}', 'set valid = 0 (score on the test split) or the images per class to hold out')
+            raise CVDDError(f'valid must be an integer >= 0, got {self.valid!r}',
+                            'set valid = 0 (score on the test split) or the images per class to hold out')
         for k in ('ipc', 'seed', 'device'):
-            if k in self.recover: raise CVDDError(f'[recover] sets {k!r}, which is a top-level setting of the run', f'move {k} to the top of the config')
+            if k in self.recover:
+                raise CVDDError(f'[recover] sets {k!r}, which is a top-level setting of the run',
+                                f'move {k} to the top of the config')
         self.stage_configs()   # validates every table
 
     @property
@@ -113,14 +123,19 @@ class RunConfig(Config):
         rc = RecoverConfig.from_dict(dict(self.recover, ipc=self.ipc, seed=self.seed, device=self.device))
         students = [EvalConfig.from_dict(s) for s in (ev.student, *ev.students)]
         tags = [student_tag(s) for s in students]
-        if len(set(tags)) != len(tags): raise CVDDError(f'[evaluate] names the same student twice: {tags}', 'give each student another model or width')
+        if len(set(tags)) != len(tags):
+            raise CVDDError(f'[evaluate] names the same student twice: {tags}',
+                            'give each student another model or width')
         epochs = max(s.epochs for s in students)
-        rl = RelabelConfig.from_dict({'seed': self.seed, 'epochs': epochs, **self.relabel})   # labels for every student epoch
+        # labels for every student epoch
+        rl = RelabelConfig.from_dict({'seed': self.seed, 'epochs': epochs, **self.relabel})
         if rl.epochs < epochs:
-            raise CVDDError(f'[relabel] epochs = {rl.epochs} but the students train {epochs} epochs', 'drop relabel.epochs (it follows the students) or raise it')
+            raise CVDDError(f'[relabel] epochs = {rl.epochs} but the students train {epochs} epochs',
+                            'drop relabel.epochs (it follows the students) or raise it')
         check_choice('hard protocol', ev.hard_protocol, ('kd', 'dc'))
         hard = HardProtocol.from_dict(ev.hard) if ev.hard_protocol == 'dc' else None
-        return dict(experts=ex, priors=pr, recover=rc, relabel=rl, student=students[0], students=students, evaluate=ev, hard=hard)
+        return dict(experts=ex, priors=pr, recover=rc, relabel=rl, student=students[0], students=students, evaluate=ev,
+                    hard=hard)
 
 # %% ../nbs/08_pipeline.ipynb #1fb75661
 def _default(d:dict, path:list, last:str):
@@ -129,7 +144,8 @@ def _default(d:dict, path:list, last:str):
     if not path: return getattr(c, last)
     sc, where = c.stage_configs(), '.'.join(path)
     obj = sc['student'] if where == 'evaluate.student' else sc.get(where) if len(path) == 1 else None
-    if obj is None or not hasattr(obj, last): raise CVDDError(f"'{where}.{last}' has no value to scale", f'give the value itself, e.g. {where}.{last}=10')
+    if obj is None or not hasattr(obj, last):
+        raise CVDDError(f"'{where}.{last}' has no value to scale", f'give the value itself, e.g. {where}.{last}=10')
     return getattr(obj, last)
 
 def set_key(d:dict,      # a config as a dict (changed in place)
@@ -139,13 +155,16 @@ def set_key(d:dict,      # a config as a dict (changed in place)
     *path, last = key.split('.'); node = d
     def at(node, p):                              # the key of `p` in `node`: an index for a list
         if not isinstance(node, list): return p
-        if not p.isdigit() or int(p) >= len(node): raise CVDDError(f"'{key}': no item {p!r} in a list of {len(node)}", 'index an existing item, counting from 0')
+        if not p.isdigit() or int(p) >= len(node):
+            raise CVDDError(f"'{key}': no item {p!r} in a list of {len(node)}",
+                            'index an existing item, counting from 0')
         return int(p)
     for p in path: node = node[at(node, p)] if isinstance(node, list) else node.setdefault(p, {})
     last = at(node, last)
     if isinstance(value, str) and value.endswith('x') and value[:-1].replace('.', '', 1).isdigit():
         old = node[last] if isinstance(node, list) or last in node else _default(d, path, last)
-        if isinstance(old, bool) or not isinstance(old, (int, float)): raise CVDDError(f"'{key}' is {old!r}, not a number to scale by {value}", 'give the value itself')
+        if isinstance(old, bool) or not isinstance(old, (int, float)):
+            raise CVDDError(f"'{key}' is {old!r}, not a number to scale by {value}", 'give the value itself')
         value = type(old)(old * float(value[:-1]))
     node[last] = value
     return d
@@ -153,7 +172,8 @@ def set_key(d:dict,      # a config as a dict (changed in place)
 def parse_override(s:str)->tuple:
     "'recover.iterations=100' -> ('recover.iterations', 100)."
     key, eq, raw = s.partition('=')
-    if not eq or not key.strip(): raise CVDDError(f'override {s!r} is not KEY=VALUE', 'write e.g. recover.iterations=100')
+    if not eq or not key.strip():
+        raise CVDDError(f'override {s!r} is not KEY=VALUE', 'write e.g. recover.iterations=100')
     try: value = tomllib.loads(f'v = {raw.strip()}')['v']
     except tomllib.TOMLDecodeError: value = raw.strip()
     return key.strip(), value
@@ -165,7 +185,8 @@ def load_config(path:str|Path|None=None,    # a TOML file (None: the defaults)
     d = {}
     if path is not None:
         path = Path(path)
-        if not path.exists(): raise CVDDError(f'config file {path} does not exist', 'check the path; shipped configs are in configs/')
+        if not path.exists():
+            raise CVDDError(f'config file {path} does not exist', 'check the path; shipped configs are in configs/')
         try: d = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as e: raise CVDDError(f'{path} is not valid TOML: {e}', 'fix the file') from None
     for s in overrides: set_key(d, *parse_override(s))
@@ -176,7 +197,8 @@ def load_config(path:str|Path|None=None,    # a TOML file (None: the defaults)
 def holdout(data:Data, per_class:int, seed:int=0)->Data:
     "Move `per_class` random training images of every class into a validation split that replaces the test split."
     rest, val = holdout_split(data, per_class, seed)
-    info = dataclasses.replace(data.info, source=f'{data.info.source} (validation: {per_class} training images per class held out, seed {seed})')
+    info = dataclasses.replace(data.info,
+                               source=f'{data.info.source} (validation: {per_class} training images per class held out, seed {seed})')
     return Data(train=rest.train, test=val, info=info)
 
 def check_budget(cfg:RunConfig, data:Data):
@@ -232,7 +254,8 @@ def stage_experts(rd:RunDir, cfg:RunConfig, data:Data, quiet:bool=True)->ExpertP
             check_holdout(pool, cfg)
         else:
             archs = [parse_arch_spec(a) for a in ex.archs]
-            tdata = dataclasses.replace(data, train=per_class_subset(data.train, ex.train_per_class, cfg.seed, data.info.num_classes)) if ex.train_per_class else data
+            tdata = dataclasses.replace(data,
+                                        train=per_class_subset(data.train, ex.train_per_class, cfg.seed, data.info.num_classes)) if ex.train_per_class else data
             pool = train_pool(archs, tdata, rd/'experts', ExpertRecipe(epochs=ex.epochs, batch_size=ex.batch_size), seed=cfg.seed,
                               device=None if cfg.device == 'auto' else cfg.device, quiet=quiet)
             st['outputs'] = ['experts/']
@@ -244,23 +267,27 @@ def stage_experts(rd:RunDir, cfg:RunConfig, data:Data, quiet:bool=True)->ExpertP
 def _distill_priors(rd:RunDir, cfg:RunConfig, data:Data, pool:ExpertPool, quiet:bool=True)->list:
     "The reference priors (SRe2L++ student accuracy per expert), cached beside the pool."
     sc = cfg.stage_configs(); pr, ex = sc['priors'], sc['experts']
-    rc = sc['recover'].replace(committee_size=1, schedule='fixed', ipc=pr.distill_ipc or cfg.ipc, iterations=pr.distill_iterations or sc['recover'].iterations)
+    rc = sc['recover'].replace(committee_size=1, schedule='fixed', ipc=pr.distill_ipc or cfg.ipc,
+                               iterations=pr.distill_iterations or sc['recover'].iterations)
     student = sc['student'].replace(epochs=pr.distill_epochs) if pr.distill_epochs else sc['student']
     rl = sc['relabel'].replace(epochs=student.epochs)
     score = data if cfg.valid or not pr.distill_valid else \
         dataclasses.replace(data, test=per_class_subset(data.train, min(pr.distill_valid, int(class_counts(data.train.y, data.info.num_classes).min())),
                                                         cfg.seed + 1, data.info.num_classes))
     key = dict(dataset=data.info.name, source=data.info.source, experts=pool.names, seed=cfg.seed, valid=cfg.valid, distill_valid=pr.distill_valid,
-               recover={k: v for k, v in rc.to_dict().items() if k not in ('members', 'device', 'checkpoint_every', 'callback_every')},
+               recover={k: v for k, v in rc.to_dict().items() if k not in ('members', 'device', 'checkpoint_every',
+                                                                           'callback_every')},
                relabel=rl.to_dict(), student=student.to_dict(), **({} if cfg.valid_seed is None else dict(valid_seed=cfg.valid_seed)))
     h = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    shared = ex.pool and not ex.pool.startswith('zoo:')            # beside a pool folder; a zoo pool's inside the run (the zoo stays read-only)
+    # beside a pool folder; a zoo pool's inside the run (the zoo stays read-only)
+    shared = ex.pool and not ex.pool.startswith('zoo:')
     cache = (_inside(rd.path, ex.pool) if shared else rd/'experts')/'priors'/f'distill-{h}.json'
     if cache.exists(): return load_json(cache, dict(priors=list))['priors']
     def one(name):
         r = recover(pool, data, rc.replace(members=[name]), out=rd/'priors'/name, priors=[1.0] * len(pool), quiet=quiet)
         return DistilledSet.from_recovered(r, rl, teachers=[name], priors=[1.0])
-    priors = distill_priors(pool, score, one, rl, student, seeds=(cfg.seed,), device=None if cfg.device == 'auto' else cfg.device)
+    priors = distill_priors(pool, score, one, rl, student, seeds=(cfg.seed,),
+                            device=None if cfg.device == 'auto' else cfg.device)
     save_json(cache, dict(key=key, experts=pool.names, priors=priors)); return priors
 
 def stage_priors(rd:RunDir, cfg:RunConfig, data:Data, pool:ExpertPool, quiet:bool=True)->list:
@@ -282,7 +309,8 @@ def stage_recover(rd:RunDir, cfg:RunConfig, data:Data, pool:ExpertPool, priors:l
     if method == 'sre2l++': rc = rc.replace(committee_size=1, schedule='top', members=None)
     out = rd/'recover'/method
     with rd.stage(f'recover_{method}') as st:
-        r = recover(pool, data, rc, out=out, priors=priors, callbacks=[LossLog(out/'losses.jsonl'), *callbacks], quiet=quiet, stop_after=stop_after)
+        r = recover(pool, data, rc, out=out, priors=priors, callbacks=[LossLog(out/'losses.jsonl'), *callbacks],
+                    quiet=quiet, stop_after=stop_after)
         st.update(outputs=[f'recover/{method}/'], peak_rss_mb=round(_rss_mb(), 1))
         if r is None: st['status'] = 'stopped'
     return r
@@ -303,7 +331,9 @@ def label_teachers(rd:RunDir, cfg:RunConfig, data:Data, pool:ExpertPool, priors:
     "(teachers, {name: prior}) that make the soft labels: the run's pool, or the one `experts.teachers` names."
     ex, votes = cfg.stage_configs()['experts'], dict(zip(pool.names, priors))
     if not ex.teachers: return pool, votes
-    teachers = ExpertPool.load(pool_dir(rd.path, ex.teachers)); check_holdout(teachers, cfg); teachers.check(data.info, ex.min_margin)
+    teachers = ExpertPool.load(pool_dir(rd.path, ex.teachers))
+    check_holdout(teachers, cfg)
+    teachers.check(data.info, ex.min_margin)
     if missing := [n for n in teachers.names if n not in votes]:
         raise CVDDError(f'experts.teachers: {", ".join(missing)} of {ex.teachers} have no namesake in the run\'s pool ({", ".join(pool.names)}), so no prior to vote with',
                         'name a pool of the same experts (e.g. its snapshots, zoo:DATASET@e1)')
@@ -318,13 +348,16 @@ def stage_relabel(rd:RunDir, cfg:RunConfig, data:Data, pool:ExpertPool, priors:l
             if kind != 'soft': continue
             p = rd/'labels'/m
             stores[m] = LabelStore.load(p).check(x) if (p/'labels.json').exists() else \
-                relabel(x, teachers, data.info, rl, votes, out=p, device=None if cfg.device == 'auto' else cfg.device, quiet=quiet)
-        st.update(bytes={m: s.nbytes for m, s in stores.items()}, files={m: len(s.files) for m, s in stores.items()}, peak_rss_mb=round(_rss_mb(), 1))
+                relabel(x, teachers, data.info, rl, votes, out=p, device=None if cfg.device == 'auto' else cfg.device,
+                        quiet=quiet)
+        st.update(bytes={m: s.nbytes for m, s in stores.items()}, files={m: len(s.files) for m, s in stores.items()},
+                  peak_rss_mb=round(_rss_mb(), 1))
     return stores
 
 # %% ../nbs/08_pipeline.ipynb #941c8efa
 def stage_evaluate(rd:RunDir, cfg:RunConfig, data:Data, sets:dict, stores:dict, quiet:bool=True)->dict:
-    "Train every student on every method: {student tag: ResultsTable}, the first student first (then the DC protocol's, if asked)."
+    ("Train every student on every method: {student tag: ResultsTable}, the first student first (then the DC "
+     "protocol's, if asked).")
     sc, tables, device = cfg.stage_configs(), {}, None if cfg.device == 'auto' else cfg.device
     kd_sets = {m: s for m, s in sets.items() if s[2] == 'soft' or sc['hard'] is None}
     with rd.stage('evaluate') as st:
@@ -339,9 +372,11 @@ def stage_evaluate(rd:RunDir, cfg:RunConfig, data:Data, sets:dict, stores:dict, 
                                  out=folder/'seeds'/m)                     # finished seeds and the student in training survive a kill
                 folder.mkdir(parents=True, exist_ok=True); save_json(p, r.to_dict()); rows.append(r)
                 shutil.rmtree(folder/'seeds'/m, ignore_errors=True)      # the method's JSON now holds every seed
-            tables[tag] = ResultsTable(rows, f'{data.info.name}, IPC {cfg.ipc}, {tag} student'); tables[tag].save(folder, png=False)
+            tables[tag] = ResultsTable(rows, f'{data.info.name}, IPC {cfg.ipc}, {tag} student')
+            tables[tag].save(folder, png=False)
         if sc['hard'] is not None and len(kd_sets) < len(sets):
-            tables.update(_evaluate_dc(rd, cfg, data, {m: s for m, s in sets.items() if m not in kd_sets}, sc['hard'], device, quiet))
+            tables.update(_evaluate_dc(rd, cfg, data, {m: s for m, s in sets.items() if m not in kd_sets}, sc['hard'],
+                                       device, quiet))
         st.update(outputs=['evaluate/'], peak_rss_mb=round(_rss_mb(), 1))
     return tables
 
@@ -359,7 +394,8 @@ def _evaluate_dc(rd:RunDir, cfg:RunConfig, data:Data, sets:dict, hp:HardProtocol
         r = evaluate_hard(x, y, data.info, data.test, hp, seeds=tuple(cfg.stage_configs()['evaluate'].seeds), method=m,
                           out=folder/'seeds'/m, device=device, quiet=quiet)
         save_json(p, r.to_dict()); rows.append(r); shutil.rmtree(folder/'seeds'/m, ignore_errors=True)
-    table = ResultsTable(rows, f'{data.info.name}, IPC {cfg.ipc}, {tag} (DC protocol, hard labels)'); table.save(folder, png=False)
+    table = ResultsTable(rows, f'{data.info.name}, IPC {cfg.ipc}, {tag} (DC protocol, hard labels)')
+    table.save(folder, png=False)
     return {tag: table}
 
 # %% ../nbs/08_pipeline.ipynb #cbf0d696
@@ -375,22 +411,27 @@ def results_dict(rd:RunDir, cfg:RunConfig, data:Data, tables:dict, priors:list, 
                 timing_s=dict(experts=secs('experts'), priors=secs('priors'), recover=secs('recover_cvdd', 'recover_sre2l++'),
                               relabel=secs('relabel'), evaluate=secs('evaluate')),
                 priors=dict(zip(pool.names, priors)), experts=pool.table(),
-                label_store=dict(bytes=sum(s.nbytes for s in stores.values()), files=sum(len(s.files) for s in stores.values())),
+                label_store=dict(bytes=sum(s.nbytes for s in stores.values()),
+                                 files=sum(len(s.files) for s in stores.values())),
                 label_teachers=sorted({n for s in stores.values() for n in s.teachers}),
                 peak_rss_mb=round(_rss_mb(), 1), student=cfg.stage_configs()['student'].to_dict(),
                 students={student_tag(s): s.to_dict() for s in cfg.stage_configs()['students']}, seeds=cfg.stage_configs()['evaluate'].seeds)
 
 # %% ../nbs/08_pipeline.ipynb #6579051e
-def write_report(rd:RunDir, cfg:RunConfig, data:Data, pool:ExpertPool, priors:list, recs:dict, tables:dict, stores:dict)->dict:
+def write_report(rd:RunDir, cfg:RunConfig, data:Data, pool:ExpertPool, priors:list, recs:dict, tables:dict,
+                 stores:dict)->dict:
     "Write results.json, report.md and the report's PNGs into the run folder."
     res = results_dict(rd, cfg, data, tables, priors, pool, stores); table = next(iter(tables.values()))
     save_json(rd/'results.json', res)
     pngs = {'accuracy.png': table.png()}
     if 'cvdd' in recs:
         r = recs['cvdd']                                                 # the same picture as the RecoverWatcher widget
-        pngs['images.png'] = grid_png(r.images01(), r.ipc, list(data.info.class_names), f'CV-DD, {data.info.name}, IPC {r.ipc}', dpi=100)
-        pngs['votes.png'] = fig_png(votes_overview_figure(committee_plan(pool, cfg.stage_configs()['recover'], priors)), dpi=100, tight=True)
-        pngs['losses.png'] = fig_png(losses_figure(LossLog.read(rd/'recover'/'cvdd'/'losses.jsonl')), dpi=100, tight=True)
+        pngs['images.png'] = grid_png(r.images01(), r.ipc, list(data.info.class_names),
+                                      f'CV-DD, {data.info.name}, IPC {r.ipc}', dpi=100)
+        pngs['votes.png'] = fig_png(votes_overview_figure(committee_plan(pool, cfg.stage_configs()['recover'],
+                                                                         priors)), dpi=100, tight=True)
+        pngs['losses.png'] = fig_png(losses_figure(LossLog.read(rd/'recover'/'cvdd'/'losses.jsonl')), dpi=100,
+                                     tight=True)
     for k, v in pngs.items(): atomic_write(rd/k, v)
     t = res['timing_s']
     md = [f'# {cfg.name}: CV-DD on {data.info.name}, IPC {cfg.ipc}', '',
@@ -403,7 +444,8 @@ def write_report(rd:RunDir, cfg:RunConfig, data:Data, pool:ExpertPool, priors:li
           '| expert | prior |', '|---|---|', *[f'| {n} | {p:.2f} |' for n, p in zip(pool.names, priors)], '']
     if 'cvdd' in recs:
         md += ['## Synthetic images', '', 'Rows are classes, columns IPC indices.', '', '![images](images.png)', '',
-               '## Committee votes', '', votes_markdown(recs['cvdd'].votes()) if hasattr(recs['cvdd'], 'votes') else '', '',
+               '## Committee votes', '',
+               votes_markdown(recs['cvdd'].votes()) if hasattr(recs['cvdd'], 'votes') else '', '',
                '![votes](votes.png)', '', '## Loss terms during recover', '', '![losses](losses.png)', '']
     atomic_write(rd/'report.md', '\n'.join(md) + '\n')
     return res
@@ -417,7 +459,8 @@ def _inside(out:Path, p:str)->Path:
     if p.is_absolute(): return p
     full = (Path(out)/p).resolve()
     if not full.is_relative_to(Path(out).resolve()):
-        raise CVDDError(f'path {str(p)!r} in the config leaves the run folder {out}', 'use a path inside the run folder, or an absolute path')
+        raise CVDDError(f'path {str(p)!r} in the config leaves the run folder {out}',
+                        'use a path inside the run folder, or an absolute path')
     return full
 
 def pool_dir(out:Path, ref:str)->Path:
@@ -425,12 +468,14 @@ def pool_dir(out:Path, ref:str)->Path:
     return resolve_pool(ref) if ref.startswith('zoo:') else _inside(out, ref)
 
 def _open_run(config, out)->tuple:
-    "(config, data, locked RunDir) of a run, after every check that needs no work: the folder's config, the pool, the budget."
+    ("(config, data, locked RunDir) of a run, after every check that needs no work: the folder's config, the pool, the "
+     "budget.")
     cfg = config if isinstance(config, RunConfig) else RunConfig.from_dict(config) if isinstance(config, dict) else load_config(config)
     out = Path(out or Path('runs')/cfg.name)
     old = out/'manifest.json'
     if old.exists() and load_json(old).get('config') not in (None, cfg.to_dict()):
-        raise CVDDError(f'{out} holds a run made with a different config', 'use another --out folder, or the config that made it')
+        raise CVDDError(f'{out} holds a run made with a different config',
+                        'use another --out folder, or the config that made it')
     pool_ref = cfg.stage_configs()['experts'].pool
     if pool_ref and not (pool_dir(out, pool_ref)/'pool.json').exists():
         raise CVDDError(f'experts.pool: {pool_dir(out, pool_ref)} holds no pool.json', 'point it at a folder written by `cvdd experts train` '
@@ -452,8 +497,10 @@ def run(config:RunConfig|dict|str|Path|None=None,   # a RunConfig, a dict, or a 
     try: return _run_stages(rd, cfg, data, until, callbacks, quiet, stop_after)
     finally: rd.lock.release()                 # the folder is free for the next process (a resume, `cvdd show`)
 
-def _make_sets(rd:RunDir, cfg:RunConfig, data:Data, until:str, callbacks=(), quiet:bool=True, stop_after=None)->dict|None:
-    "The stages up to relabel: dict(pool, priors, recs, sets, stores), or None when `until` (or a stop) ends the run earlier."
+def _make_sets(rd:RunDir, cfg:RunConfig, data:Data, until:str, callbacks=(), quiet:bool=True,
+               stop_after=None)->dict|None:
+    ("The stages up to relabel: dict(pool, priors, recs, sets, stores), or None when `until` (or a stop) ends the run "
+     "earlier.")
     pool = stage_experts(rd, cfg, data, quiet)
     if until == 'experts': return None
     priors = stage_priors(rd, cfg, data, pool, quiet)
@@ -475,7 +522,8 @@ def _run_stages(rd:RunDir, cfg:RunConfig, data:Data, until:str, callbacks, quiet
     if made is None: return None
     tables = stage_evaluate(rd, cfg, data, made['sets'], made['stores'], quiet)
     if until == 'evaluate': return None
-    with rd.stage('report'): res = write_report(rd, cfg, data, made['pool'], made['priors'], made['recs'], tables, made['stores'])
+    with rd.stage('report'):
+        res = write_report(rd, cfg, data, made['pool'], made['priors'], made['recs'], tables, made['stores'])
     return res
 
 # %% ../nbs/08_pipeline.ipynb #21a734b3
@@ -484,7 +532,8 @@ TINY = dict(name='tiny', ipc=2, experts=dict(archs=['convnet:0.25', 'resnet18:0.
 
 DIGITS_DEMO = dict(name='digits-ipc10', dataset='digits', ipc=10, seed=0,
                    experts=dict(archs=['convnet:0.5', 'resnet18:0.25', 'densenet121:0.25'], epochs=15),
-                   recover=dict(iterations=300, init='real', min_scale=0.5, lr=0.05, augment='per_sample', grouped=True, mix_committees=True),
+                   recover=dict(iterations=300, init='real', min_scale=0.5, lr=0.05, augment='per_sample',
+                                grouped=True, mix_committees=True),
                    evaluate=dict(seeds=[0, 1, 2], student=dict(student='convnet', width=0.5, epochs=100)))
 
 # %% ../nbs/08_pipeline.ipynb #92dbf9c6
@@ -504,7 +553,8 @@ def student_spread(config:RunConfig|dict|str|Path,   # the config of a run (fini
             for m in methods or soft:
                 x, y, _ = made['sets'][m]
                 r = evaluate_set(x, y, data.info, data.test, relabel_config=sc['relabel'], config=sc['student'], seeds=tuple(seeds),
-                                 store=made['stores'][m], method=m, device=None if cfg.device == 'auto' else cfg.device, quiet=quiet,
+                                 store=made['stores'][m], method=m,
+                                 device=None if cfg.device == 'auto' else cfg.device, quiet=quiet,
                                  out=folder/'seeds'/m)
                 save_json(folder/f'{m}.json', r.to_dict()); res[m] = r
             st.update(outputs=['evaluate/spread/'], seeds=list(seeds))

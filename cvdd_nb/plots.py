@@ -20,7 +20,9 @@ PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
 def fig_png(fig:Figure, dpi:int=80, tight:bool=False)->bytes:
     "PNG bytes of a matplotlib figure."
-    buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=dpi, **(dict(bbox_inches='tight') if tight else {})); return buf.getvalue()
+    buf = io.BytesIO()
+    fig.savefig(buf, format='png', dpi=dpi, **(dict(bbox_inches='tight') if tight else {}))
+    return buf.getvalue()
 
 # %% ../nbs/06b_plots.ipynb #03a08ae6
 def grid_figure(images01:torch.Tensor,     # (K * ipc, C, H, W) in [0, 1], class-major (image c * ipc + k)
@@ -30,7 +32,8 @@ def grid_figure(images01:torch.Tensor,     # (K * ipc, C, H, W) in [0, 1], class
                 cell:float=0.45)->Figure:  # inches per image
     "A class x IPC grid of images, classes as rows."
     n, C = images01.shape[:2]
-    if ipc < 1 or n % ipc: raise CVDDError(f'{n} images do not fill rows of ipc={ipc}', 'pass class-major images, ipc per class')
+    if ipc < 1 or n % ipc:
+        raise CVDDError(f'{n} images do not fill rows of ipc={ipc}', 'pass class-major images, ipc per class')
     K, (H, Wd) = n // ipc, images01.shape[2:]
     names = [str(c) for c in (class_names[:K] if class_names else range(K))]
     g = image_grid(images01.detach().float().cpu().clamp(0, 1), K, ipc)
@@ -38,8 +41,10 @@ def grid_figure(images01:torch.Tensor,     # (K * ipc, C, H, W) in [0, 1], class
     left, bottom, top = 0.12 + 0.06 * max(map(len, names)), 0.32, 0.08 + (0.25 if title else 0)
     w_in, h_in = cell * ipc * (Wd + 1) / Wd, cell * K * (H + 1) / H
     fig = Figure(figsize=(left + w_in + 0.08, bottom + h_in + top))
-    ax = fig.add_axes((left / fig.get_figwidth(), bottom / fig.get_figheight(), w_in / fig.get_figwidth(), h_in / fig.get_figheight()))
-    ax.imshow((g[0] if C == 1 else g.permute(1, 2, 0)).numpy(), cmap='gray' if C == 1 else None, vmin=0, vmax=1, interpolation='nearest', aspect='auto')
+    ax = fig.add_axes((left / fig.get_figwidth(), bottom / fig.get_figheight(), w_in / fig.get_figwidth(),
+                       h_in / fig.get_figheight()))
+    ax.imshow((g[0] if C == 1 else g.permute(1, 2, 0)).numpy(), cmap='gray' if C == 1 else None, vmin=0, vmax=1,
+              interpolation='nearest', aspect='auto')
     ax.set_yticks([r * (H + 1) + H / 2 - 0.5 for r in range(K)], names, fontsize=7)
     ax.set_xticks([c * (Wd + 1) + Wd / 2 - 0.5 for c in range(ipc)], list(range(ipc)), fontsize=7)
     ax.set_xlabel('IPC index', fontsize=7, labelpad=1); ax.tick_params(length=0, pad=2)
@@ -49,13 +54,15 @@ def grid_figure(images01:torch.Tensor,     # (K * ipc, C, H, W) in [0, 1], class
 
 
 # %% ../nbs/06b_plots.ipynb #1122d7ea
-def grid_png(images01:torch.Tensor, ipc:int, class_names:list|None=None, title:str='', cell:float=0.45, dpi:int=80)->bytes:
+def grid_png(images01:torch.Tensor, ipc:int, class_names:list|None=None, title:str='', cell:float=0.45,
+             dpi:int=80)->bytes:
     "`grid_figure` as PNG bytes."
     return fig_png(grid_figure(images01, ipc, class_names, title, cell), dpi)
 
 # %% ../nbs/06b_plots.ipynb #ce43aa17
 def votes_overview_figure(plan:list):
-    "Stacked bars: each IPC index's committee and vote weights (the whole run at a glance; `VoteInspector` shows one index)."
+    ("Stacked bars: each IPC index's committee and vote weights (the whole run at a glance; `VoteInspector` shows one "
+     "index).")
     fig = Figure(figsize=(max(4, 0.5 * len(plan) + 2), 3)); ax = fig.subplots()
     names = sorted({n for p in plan for n in p['names']}); colors = {n: f'C{i}' for i, n in enumerate(names)}
     for p in plan:
@@ -64,7 +71,10 @@ def votes_overview_figure(plan:list):
             ax.bar(p['k'], w, bottom=bottom, color=colors[n], label=n); bottom += w
     h, l = ax.get_legend_handles_labels(); seen = dict(zip(l, h))
     ax.legend(seen.values(), seen.keys(), fontsize=7, loc='upper left', bbox_to_anchor=(1, 1))
-    ax.set_xlabel('IPC index k'); ax.set_ylabel('vote weight'); ax.set_ylim(0, 1); ax.set_title('committee votes per IPC index')
+    ax.set_xlabel('IPC index k')
+    ax.set_ylabel('vote weight')
+    ax.set_ylim(0, 1)
+    ax.set_title('committee votes per IPC index')
     return fig
 
 
@@ -76,7 +86,9 @@ def losses_figure(records:list):
         for i, n in enumerate(r['committee']):
             c = curves.setdefault(n, {}); c.setdefault(r['step'], []).append((r['ce'][i], r['bn'][i]))
     for n, c in sorted(curves.items()):
-        steps = sorted(c); ce = [sum(v[0] for v in c[s]) / len(c[s]) for s in steps]; bn = [sum(v[1] for v in c[s]) / len(c[s]) for s in steps]
+        steps = sorted(c)
+        ce = [sum(v[0] for v in c[s]) / len(c[s]) for s in steps]
+        bn = [sum(v[1] for v in c[s]) / len(c[s]) for s in steps]
         ax1.plot(steps, ce, label=n); ax2.plot(steps, bn, label=n)
     ax1.set_title('cross-entropy'); ax2.set_title('BN statistics term'); ax2.set_yscale('log')
     for a in (ax1, ax2): a.set_xlabel('iteration')

@@ -39,17 +39,20 @@ def dsa_color(x, g):
 def dsa_crop(x, g, ratio:float=0.125):
     "Shift each image by up to `ratio` of its side in each direction, filling with 0."
     n, _, h, w = x.shape; sy, sx = int(h * ratio + 0.5), int(w * ratio + 0.5)
-    ty = torch.randint(-sy, sy + 1, (n,), generator=g).to(x.device); tx = torch.randint(-sx, sx + 1, (n,), generator=g).to(x.device)
+    ty = torch.randint(-sy, sy + 1, (n,), generator=g).to(x.device)
+    tx = torch.randint(-sx, sx + 1, (n,), generator=g).to(x.device)
     rows = (torch.arange(h, device=x.device)[None] + ty[:, None] + sy)[:, None, :, None]
     cols = (torch.arange(w, device=x.device)[None] + tx[:, None] + sx)[:, None, None, :]
     xp = F.pad(x, (sx, sx, sy, sy))
-    return xp[torch.arange(n, device=x.device)[:, None, None, None], torch.arange(x.shape[1], device=x.device)[None, :, None, None], rows, cols]
+    return xp[torch.arange(n, device=x.device)[:, None, None, None],
+              torch.arange(x.shape[1], device=x.device)[None, :, None, None], rows, cols]
 
 # %% ../nbs/06a_protocols.ipynb #667ebe07
 def dsa_cutout(x, g, ratio:float=0.5):
     "Zero a square of `ratio` of the side in each image, centred at a random place (it may hang over the edge)."
     n, _, h, w = x.shape; ch, cw = int(h * ratio + 0.5), int(w * ratio + 0.5)
-    cy = torch.randint(0, h + (1 - ch % 2), (n,), generator=g).to(x.device); cx = torch.randint(0, w + (1 - cw % 2), (n,), generator=g).to(x.device)
+    cy = torch.randint(0, h + (1 - ch % 2), (n,), generator=g).to(x.device)
+    cx = torch.randint(0, w + (1 - cw % 2), (n,), generator=g).to(x.device)
     ys, xs = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
     iny = (ys[None] >= cy[:, None] - ch // 2) & (ys[None] < cy[:, None] - ch // 2 + ch)
     inx = (xs[None] >= cx[:, None] - cw // 2) & (xs[None] < cx[:, None] - cw // 2 + cw)
@@ -75,7 +78,8 @@ def dsa_scale(x, g, ratio:float=1.2):
 def dsa_rotate(x, g, degrees:float=15.0):
     "Turn each image by U(-degrees, degrees)."
     a = (torch.rand(len(x), generator=g) - 0.5) * 2 * degrees / 180 * math.pi
-    theta = torch.stack([torch.stack([a.cos(), -a.sin(), torch.zeros_like(a)], 1), torch.stack([a.sin(), a.cos(), torch.zeros_like(a)], 1)], 1)
+    theta = torch.stack([torch.stack([a.cos(), -a.sin(), torch.zeros_like(a)], 1),
+                         torch.stack([a.sin(), a.cos(), torch.zeros_like(a)], 1)], 1)
     return _affine(x, theta)
 
 # %% ../nbs/06a_protocols.ipynb #1b70e4c3
@@ -124,9 +128,11 @@ def train_hard(images:torch.Tensor,        # normalised images (N, C, H, W)
                device=None, quiet:bool=True)->StudentRun:
     "Train a fresh student on hard labels with the DC/DSA/MTT protocol; its final test accuracy."
     cfg = HardProtocol.coerce(config)
-    if len(images) != len(labels) or len(images) == 0: raise CVDDError(f'{len(images)} images but {len(labels)} labels', 'pass one label per image')
+    if len(images) != len(labels) or len(images) == 0:
+        raise CVDDError(f'{len(images)} images but {len(labels)} labels', 'pass one label per image')
     device = get_device(device); set_seed(seed); g = make_generator(seed)
-    model = create_model(cfg.student, info.num_classes, in_chans=info.channels, img_size=info.img_size[0], width=cfg.width).to(device)
+    model = create_model(cfg.student, info.num_classes, in_chans=info.channels, img_size=info.img_size[0],
+                         width=cfg.width).to(device)
     x, y, strategy = images.to(device), labels.to(device), dsa_strategy(info.name)
     opt, hist, t0 = _sgd(model, cfg, cfg.lr), [], time.perf_counter()
     for ep in progress(range(cfg.epochs + 1), desc=f'hard {cfg.student}', disable=quiet or None):
@@ -150,13 +156,16 @@ def evaluate_hard(images:torch.Tensor, labels:torch.Tensor, info:DatasetInfo,
                   device=None, quiet:bool=True)->EvalResult:
     "Train one hard-label student per seed with the DC/DSA/MTT protocol; their final accuracies as a table row."
     cfg = HardProtocol.coerce(config)
-    key = dict(config=cfg.to_dict(), images=images_fingerprint(images), labels=images_fingerprint(labels.float()), test=len(test))
+    key = dict(config=cfg.to_dict(), images=images_fingerprint(images), labels=images_fingerprint(labels.float()),
+               test=len(test))
     runs = []
     for s in seeds:
         f = Path(out)/f'seed{s}.json' if out is not None else None
         if f is not None and f.exists():
             d = load_json(f, dict(key=dict, acc=(int, float), seconds=(int, float)))
-            if d['key'] != key: raise CVDDError(f'{f} holds the result of another student (settings, images or labels differ)', 'use another folder, or delete it')
+            if d['key'] != key:
+                raise CVDDError(f'{f} holds the result of another student (settings, images or labels differ)',
+                                'use another folder, or delete it')
         else:
             r = train_hard(images, labels, info, cfg, seed=s, test=test, device=device, quiet=quiet)
             d = dict(key=key, seed=s, acc=r.acc, seconds=round(r.seconds, 3))

@@ -94,7 +94,8 @@ class _Execution:
     seed:int = 0
     grouped:bool = False         # run the units that share a committee in one forward pass
     max_group:int = 0            # grouped: at most this many units per pass (0: no limit)
-    mix_committees:bool = False  # grouped: also join units of different committees (each expert runs once on all the units it votes on)
+    # grouped: also join units of different committees (each expert runs once on all the units it votes on)
+    mix_committees:bool = False
     channels_last:str = 'auto'   # experts and batches in channels-last memory: 'auto' (on CUDA), 'yes', 'no'
     compile:bool = False         # torch.compile the experts for the optimisation steps (pays off on long runs)
     checkpoint_every:int = 100   # steps between checkpoints (when an output folder is given)
@@ -113,19 +114,26 @@ class RecoverConfig(_Execution, _Views, _Start, _Committee, _Objective, _Size, C
 def check(self:RecoverConfig):
     "Raise a `CVDDError` naming the first bad setting and its fix."
     for kind, v, valid in (('schedule', self.schedule, SCHEDULES), ('voter', self.voter, VOTERS), ('prior mode', self.prior, PRIOR_MODES),
-                           ('init', self.init, INITS), ('patch band', self.patch_band, BANDS), ('augment', self.augment, AUGMENTS),
+                           ('init', self.init, INITS), ('patch band', self.patch_band, BANDS),
+                           ('augment', self.augment, AUGMENTS),
                            ('bn_norm', self.bn_norm, BN_NORMS), ('flip', self.flip, YES_NO_AUTO), ('channels_last', self.channels_last, YES_NO_AUTO)):
         check_choice(kind, v, valid)
     for k in ('ipc', 'iterations', 'committee_size', 'patch_crops', 'mipc', 'checkpoint_every', 'callback_every'):
         v = getattr(self, k)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise CVDDError(f'{k} must be an integer >= 1, got {v!r}', f'pass {k}=1 or more')
-    if self.classes_per_chunk < 0 or self.max_group < 0: raise CVDDError('classes_per_chunk and max_group must be >= 0', 'use 0 for "all"')
-    if not (0 < self.min_scale <= 1 and 0 < self.patch_min_scale <= 1): raise CVDDError('min_scale and patch_min_scale must be in (0, 1]', 'e.g. 0.08 and 0.5')
-    if self.temperature <= 0: raise CVDDError(f'temperature must be > 0, got {self.temperature}', 'the reference uses 5')
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise CVDDError(f'{k} must be an integer >= 1, got {v!r}', f'pass {k}=1 or more')
+    if self.classes_per_chunk < 0 or self.max_group < 0:
+        raise CVDDError('classes_per_chunk and max_group must be >= 0', 'use 0 for "all"')
+    if not (0 < self.min_scale <= 1 and 0 < self.patch_min_scale <= 1):
+        raise CVDDError('min_scale and patch_min_scale must be in (0, 1]', 'e.g. 0.08 and 0.5')
+    if self.temperature <= 0:
+        raise CVDDError(f'temperature must be > 0, got {self.temperature}', 'the reference uses 5')
     if self.members is not None and self.schedule != 'fixed':
-        raise CVDDError(f'members={self.members} is only used by schedule "fixed", not {self.schedule!r}', 'set schedule="fixed" or drop members')
+        raise CVDDError(f'members={self.members} is only used by schedule "fixed", not {self.schedule!r}',
+                        'set schedule="fixed" or drop members')
     if self.members is not None and len(self.members) != self.committee_size:
-        raise CVDDError(f'members has {len(self.members)} experts but committee_size={self.committee_size}', f'set committee_size={len(self.members)}')
+        raise CVDDError(f'members has {len(self.members)} experts but committee_size={self.committee_size}',
+                        f'set committee_size={len(self.members)}')
 
 # %% ../nbs/04_recover.ipynb #c17ec1d2
 def resolve_roll(roll:int, side:int)->int:
@@ -182,7 +190,9 @@ def init_patches(data:Data,               # the real data
     "RDED-style starts, normalised, (classes, ipc, C, H, W): a CE band of the best real crops, stitched 2 x 2."
     check_choice('patch band', band, BANDS)
     info = data.info; K, (H, W) = info.num_classes, info.img_size
-    if mipc < 4 * ipc: raise CVDDError(f'patches init keeps 4 * ipc = {4 * ipc} crops per class but mipc = {mipc}', f'raise mipc to at least {4 * ipc}')
+    if mipc < 4 * ipc:
+        raise CVDDError(f'patches init keeps 4 * ipc = {4 * ipc} crops per class but mipc = {mipc}',
+                        f'raise mipc to at least {4 * ipc}')
     _need_images(data, mipc, "init 'patches'", 'mipc')
     device, g = get_device(device), make_generator(seed)
     model, prev = observer.model.eval(), next(observer.model.parameters()).device
@@ -192,7 +202,8 @@ def init_patches(data:Data,               # the real data
         x = normalize(real.x[c * mipc:(c + 1) * mipc], info)
         best, best_ce = _best_crops(model, x, c, crops, min_scale, g, device)
         sel = best[torch.argsort(best_ce, stable=True)[start:start + 4 * ipc]]
-        out.append(_stitch(F.interpolate(sel, size=((H + 1) // 2, (W + 1) // 2), mode='bilinear', align_corners=False, antialias=True), H, W))
+        out.append(_stitch(F.interpolate(sel, size=((H + 1) // 2, (W + 1) // 2), mode='bilinear', align_corners=False,
+                                         antialias=True), H, W))
     model.to(prev)
     return torch.stack(out)
 
@@ -250,7 +261,8 @@ def guarded_update(states:list,         # unit states with pixels `x` and Adam m
                    update,              # update(state, grad) in place
                    grads:list,          # one gradient per state
                    lo, hi)->bool:       # pixel bounds to clamp to
-    "Apply `update` and the clamp to every state; if anything comes out non-finite, restore all states and return False."
+    ("Apply `update` and the clamp to every state; if anything comes out non-finite, restore all states and return "
+     "False.")
     saved = [(s.x.detach().clone(), s.m.clone(), s.v.clone()) for s in states]
     for s, gr in zip(states, grads): update(s, gr); s.x.clamp_(lo, hi)
     if all_finite(*(t for s in states for t in (s.x, s.m, s.v))): return True
@@ -279,7 +291,8 @@ def plan_units(plan:list, num_classes:int, classes_per_chunk:int=0)->list:
 # %% ../nbs/04_recover.ipynb #57f2f636
 def plan_groups(units:list, grouped:bool=False, max_group:int=0,
                 mix:bool=False)->list:   # also join units of different committees
-    "Units run together: alone, or (grouped) those with the same committee (any committee if `mix`) and chunk size, up to `max_group` at a time."
+    ("Units run together: alone, or (grouped) those with the same committee (any committee if `mix`) and chunk size, "
+     "up to `max_group` at a time.")
     if not grouped: return [[u] for u in units]
     by = {}
     for u in units: by.setdefault(len(u.classes) if mix else (u.members, len(u.classes)), []).append(u)
@@ -317,7 +330,8 @@ class History:
     def __call__(self, s:StepState):
         r = dict(units=s.units, ipc_index=s.ipc_index, step=s.step, lr=s.lr, loss=s.loss, committee=s.committee,
                  weights=s.weights, ce=s.ce, bn=s.bn, done=s.done)
-        if len(self.records) % self.image_every == 0: r.update(images=s.images[:self.max_images], labels=s.labels[:self.max_images])
+        if len(self.records) % self.image_every == 0:
+            r.update(images=s.images[:self.max_images], labels=s.labels[:self.max_images])
         self.records.append(r)
     def curve(self, key:str='loss', unit:str|None=None)->list:
         "(done, value) pairs of `key` over the run, optionally for the records that include `unit`."
@@ -328,7 +342,8 @@ def to_png(img:torch.Tensor)->bytes:
     "PNG bytes of one image in [0, 1], (C, H, W) with C = 1 or 3."
     from PIL import Image
     a = (img.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
-    buf = io.BytesIO(); Image.fromarray(a[0].numpy() if a.shape[0] == 1 else a.permute(1, 2, 0).numpy()).save(buf, format='PNG')
+    buf = io.BytesIO()
+    Image.fromarray(a[0].numpy() if a.shape[0] == 1 else a.permute(1, 2, 0).numpy()).save(buf, format='PNG')
     return buf.getvalue()
 
 # %% ../nbs/04_recover.ipynb #6f83ddb9
@@ -396,13 +411,16 @@ def save(self:Recovered, path:str|Path,
          extra:dict|None=None)->Path:# more entries for recovered.json
     "Write images.safetensors, the image folder `images/` and grid.png, and last recovered.json, to folder `path`."
     path = Path(path); path.mkdir(parents=True, exist_ok=True)
-    atomic_write(path/'images.safetensors', st_save({k: getattr(self, k).detach().cpu().contiguous() for k in _TENSORS}))
+    atomic_write(path/'images.safetensors',
+                 st_save({k: getattr(self, k).detach().cpu().contiguous() for k in _TENSORS}))
     if images is not None:
         write_image_folder(path/'images', self.images01(), self.labels, self.info.class_names, 'imagefolder', images)
         atomic_write(path/'grid.png', to_png(self.grid()))
     meta = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _TENSORS}
-    files = dict(tensors='images.safetensors', images=None if images is None else dict(folder='images/', layout='imagefolder', format=images))
-    save_json(path/'recovered.json', dict(meta, info=self.info.to_dict(), layout='class-major: image c * ipc + k', files=files, **(extra or {})))
+    files = dict(tensors='images.safetensors',
+                 images=None if images is None else dict(folder='images/', layout='imagefolder', format=images))
+    save_json(path/'recovered.json',
+              dict(meta, info=self.info.to_dict(), layout='class-major: image c * ipc + k', files=files, **(extra or {})))
     return path
 
 # %% ../nbs/04_recover.ipynb #4348ee80
@@ -413,10 +431,15 @@ def load(cls:Recovered, path:str|Path)->Recovered:
     d = load_json(path/'recovered.json', dict(info=dict, config=dict, committee=list, priors=list, experts=list))
     if not (path/'images.safetensors').exists(): raise CVDDError(f'{path} lacks images.safetensors', 'rerun recover')
     try: t = st_load((path/'images.safetensors').read_bytes())
-    except Exception as e: raise CVDDError(f'{path/"images.safetensors"} is damaged ({type(e).__name__})', 'rerun recover into a new folder (or delete this one)') from None
-    if set(_TENSORS) - set(t): raise CVDDError(f'{path/"images.safetensors"} lacks {sorted(set(_TENSORS) - set(t))}', 'rerun recover into a new folder (or delete this one)')
+    except Exception as e:
+        raise CVDDError(f'{path/"images.safetensors"} is damaged ({type(e).__name__})',
+                        'rerun recover into a new folder (or delete this one)') from None
+    if set(_TENSORS) - set(t):
+        raise CVDDError(f'{path/"images.safetensors"} lacks {sorted(set(_TENSORS) - set(t))}',
+                        'rerun recover into a new folder (or delete this one)')
     fields = {f.name for f in dataclasses.fields(Recovered)}
-    return cls(**{k: t[k] for k in _TENSORS}, **{k: v for k, v in d.items() if k in fields and k != 'info'}, info=DatasetInfo.from_dict(d['info']))
+    return cls(**{k: t[k] for k in _TENSORS}, **{k: v for k, v in d.items() if k in fields and k != 'info'},
+               info=DatasetInfo.from_dict(d['info']))
 
 # %% ../nbs/04_recover.ipynb #3c5dfa84
 @dataclasses.dataclass
@@ -429,20 +452,25 @@ class _UnitState:
 
 # %% ../nbs/04_recover.ipynb #2b9fbb60
 class _Placed:
-    "Move models to `device` (channels-last on CUDA, or as `channels_last` says) for a `with` block, then back where they were."
+    ("Move models to `device` (channels-last on CUDA, or as `channels_last` says) for a `with` block, then back where "
+     "they were.")
     def __init__(self, models, device, channels_last:bool|None=None): self.models, self.device, self.channels_last = list(models), device, channels_last
     def __enter__(self):
         self.prev, self.channels_last = [next(m.parameters()).device for m in self.models], self.device.type == 'cuda' if self.channels_last is None else self.channels_last
-        for m in self.models: m.eval().to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
+        for m in self.models:
+            m.eval().to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
         return self
     def __exit__(self, *exc):
-        for m, d in zip(self.models, self.prev): m.to(d, memory_format=torch.contiguous_format if self.channels_last else torch.preserve_format)
+        for m, d in zip(self.models, self.prev):
+            m.to(d, memory_format=torch.contiguous_format if self.channels_last else torch.preserve_format)
 
 # %% ../nbs/04_recover.ipynb #cb0e02c4
 def _fingerprint(cfg:RecoverConfig, pool:ExpertPool, priors:list, info:DatasetInfo)->dict:
     "What a run's result depends on (for resuming safely)."
-    c = {k: v for k, v in cfg.to_dict().items() if k not in ('checkpoint_every', 'callback_every', 'device', 'amp', 'channels_last', 'compile')}
-    return json.loads(json.dumps(dict(config=c, experts=pool.names, priors=priors, dataset=info.name, classes=info.class_names)))
+    c = {k: v for k, v in cfg.to_dict().items() if k not in ('checkpoint_every', 'callback_every', 'device', 'amp',
+                                                             'channels_last', 'compile')}
+    return json.loads(json.dumps(dict(config=c, experts=pool.names, priors=priors, dataset=info.name,
+                                      classes=info.class_names)))
 
 # %% ../nbs/04_recover.ipynb #7647b3f3
 class _Run:
@@ -487,26 +515,32 @@ def step(self:_Run, models, hooks, states, votes, y, step, members=None):
     "One optimisation step of a group (of mixed committees: `members` per unit); returns (lr, loss, ce, bn)."
     cfg, T = self.cfg, self.cfg.iterations
     lr, scale, (height, width) = cosine_lr(step, T, cfg.lr) * self.lr_scale, crop_scale(step, T, cfg.min_scale, cfg.cda), self.info.img_size
-    params = [draw_augment(len(s.x), height, width, cfg.augment == 'shared', scale, self.flip, self.roll, s.g) for s in states]
+    params = [draw_augment(len(s.x), height, width, cfg.augment == 'shared', scale, self.flip, self.roll,
+                           s.g) for s in states]
     xa = augment_batch([s.x for s in states], params)
     if self.channels_last: xa = xa.contiguous(memory_format=torch.channels_last)
     loss, ce, bn = committee_loss(models, votes, xa, y, members, LossTerms.of(cfg), hooks)
     grads = torch.autograd.grad(loss, [s.x for s in states])
     self.skipped = not all_finite(loss, *grads)
-    if not self.skipped: self.skipped = not guarded_update(states, lambda s, gr: adam_step(s.x, gr, s.m, s.v, step + 1, lr, cfg.beta1, cfg.beta2), grads, self.lo, self.hi)
+    if not self.skipped:
+        self.skipped = not guarded_update(states, lambda s,
+                                          gr: adam_step(s.x, gr, s.m, s.v, step + 1, lr, cfg.beta1, cfg.beta2), grads, self.lo, self.hi)
     return lr, loss.item(), ce, bn
 
 # %% ../nbs/04_recover.ipynb #ef40505e
 @patch
 def save_progress(self:_Run, gi:int, group:list, states:list, step:int):
-    "Checkpoint a group in progress: pixels, Adam moments, generator states, step, lr scale (one atomic file; never a non-finite state)."
+    ("Checkpoint a group in progress: pixels, Adam moments, generator states, step, lr scale (one atomic file; never a "
+     "non-finite state).")
     t = {}
     for u, s in zip(group, states):
         t.update({f'{u.key}.x': s.x.detach(), f'{u.key}.m': s.m, f'{u.key}.v': s.v, f'{u.key}.g': s.g.get_state()})
     t = {k: v.cpu().contiguous() for k, v in t.items()}
     if not all_finite(*(v for k, v in t.items() if not k.endswith('.g'))):
-        raise CVDDError(f'refusing to checkpoint non-finite images at step {step}', 'this is a bug: please report it; the last good checkpoint is kept')
-    meta = dict(group=str(gi), step=str(step), units=json.dumps([u.key for u in group]), lr_scale=repr(self.lr_scale), bad=str(self.bad))
+        raise CVDDError(f'refusing to checkpoint non-finite images at step {step}',
+                        'this is a bug: please report it; the last good checkpoint is kept')
+    meta = dict(group=str(gi), step=str(step), units=json.dumps([u.key for u in group]), lr_scale=repr(self.lr_scale),
+                bad=str(self.bad))
     atomic_write(self.checkpoints/self.progress_file, st_save(t, metadata=meta))
 
 # %% ../nbs/04_recover.ipynb #89e54845
@@ -524,9 +558,13 @@ def load_progress(self:_Run, gi:int, group:list):
         states = []
         for u in group:
             g = torch.Generator(); g.set_state(t[f'{u.key}.g'])
-            states.append(_UnitState(t[f'{u.key}.x'].to(self.device).requires_grad_(True), t[f'{u.key}.m'].to(self.device), t[f'{u.key}.v'].to(self.device), g))
-    except Exception as e:                                   # damaged on disk: never trust it, redo the group (same bits)
-        warnings.warn(f'recover: checkpoint {p} is unreadable ({type(e).__name__}); group {gi} starts over', RuntimeWarning); return None
+            states.append(_UnitState(t[f'{u.key}.x'].to(self.device).requires_grad_(True),
+                                     t[f'{u.key}.m'].to(self.device), t[f'{u.key}.v'].to(self.device), g))
+    # damaged on disk: never trust it, redo the group (same bits)
+    except Exception as e:
+        warnings.warn(f'recover: checkpoint {p} is unreadable ({type(e).__name__}); group {gi} starts over',
+                      RuntimeWarning)
+        return None
     self.lr_scale, self.bad = lr_scale, bad
     return step, states
 
@@ -536,7 +574,8 @@ def _load_unit(path:Path, n:int)->dict|None:
     try: r = st_load(path.read_bytes())
     except Exception as e: r = None
     if r is None or set(r) != {'x', 'ce', 'bn'} or len(r['x']) != n:
-        warnings.warn(f'recover: checkpoint {path} is unreadable; that unit is optimised again', RuntimeWarning); return None
+        warnings.warn(f'recover: checkpoint {path} is unreadable; that unit is optimised again', RuntimeWarning)
+        return None
     return r
 
 # %% ../nbs/04_recover.ipynb #7d3751e3
@@ -544,7 +583,8 @@ def _load_unit(path:Path, n:int)->dict|None:
 def load_done(self:_Run)->dict:
     "Finished units found in the checkpoint folder (damaged ones are left out, to be redone)."
     if self.checkpoints is None: return {}
-    got = {u.key: _load_unit(self.checkpoints/f'{u.key}.safetensors', len(u.classes)) for u in self.units if (self.checkpoints/f'{u.key}.safetensors').exists()}
+    got = {u.key: _load_unit(self.checkpoints/f'{u.key}.safetensors',
+                             len(u.classes)) for u in self.units if (self.checkpoints/f'{u.key}.safetensors').exists()}
     return {k: v for k, v in got.items() if v is not None}
 
 # %% ../nbs/04_recover.ipynb #e5c40b54
@@ -565,7 +605,8 @@ def nonfinite(self:_Run, group:list, step:int, loss:float):
         raise CVDDError(f'recover stopped: the loss, gradients or images were NaN/inf on {self.bad} steps in a row '
                         f'(units {keys}, step {step} of {self.cfg.iterations}, loss {loss}), even at {self.lr_scale * 2:g} x the lr',
                         f'check that the experts and priors are finite, lower lr (now {self.cfg.lr}) or turn amp off, in a new output folder; {kept}')
-    warnings.warn(f'recover: NaN/inf at step {step} of units {keys}: step skipped, lr now {self.lr_scale:g} x the schedule', RuntimeWarning)
+    warnings.warn(f'recover: NaN/inf at step {step} of units {keys}: step skipped, lr now {self.lr_scale:g} x the '
+                  f'schedule', RuntimeWarning)
 
 # %% ../nbs/04_recover.ipynb #d111e1d6
 @patch
@@ -575,11 +616,13 @@ def step_states(self:_Run, group, states, step, lr, loss, ce, bn, votes, y)->lis
     subs = {}
     for j, u in enumerate(group): subs.setdefault(u.members, []).append(j)
     if len(subs) == 1: subs, losses = {group[0].members: list(range(len(group)))}, None
-    else: losses = (votes.cpu() * (ce.cpu().T + cfg.r_bn * bn.cpu().T)).sum(1)                     # each unit's own objective
+    # each unit's own objective
+    else: losses = (votes.cpu() * (ce.cpu().T + cfg.r_bn * bn.cpu().T)).sum(1)
     out = []
     for members, J in subs.items():
         out.append(StepState([group[j].key for j in J], [group[j].k for j in J], [group[j].classes for j in J], step, T, lr,
-                             loss if losses is None else float(losses[J].sum()), [self.pool.names[i] for i in members], votes[J].cpu(),
+                             loss if losses is None else float(losses[J].sum()), [self.pool.names[i] for i in members],
+                             votes[J].cpu(),
                              ce[:, J].cpu(), bn[:, J].cpu(), torch.cat([states[j].x.detach() for j in J]).cpu(),
                              torch.cat([y[j * n:(j + 1) * n] for j in J]).cpu(), self.done, self.total))
     return out
@@ -593,11 +636,13 @@ def after_step(self:_Run, gi, group, states, step, lr, loss, ce, bn, names, vote
         if self.callbacks and (step % cfg.callback_every == 0 or step == T):
             for st in self.step_states(group, states, step, lr, loss, ce, bn, votes, y):
                 for cb in self.callbacks: cb(st)
-        if self.stop_after is not None and self.steps >= self.stop_after: raise StopRecover(f'stopped after {self.steps} steps')
+        if self.stop_after is not None and self.steps >= self.stop_after:
+            raise StopRecover(f'stopped after {self.steps} steps')
     except StopRecover:
         if self.checkpoints is not None: self.save_progress(gi, group, states, step)
         raise
-    if self.checkpoints is not None and step % cfg.checkpoint_every == 0 and step < T: self.save_progress(gi, group, states, step)
+    if self.checkpoints is not None and step % cfg.checkpoint_every == 0 and step < T:
+        self.save_progress(gi, group, states, step)
 
 # %% ../nbs/04_recover.ipynb #e9970c8d
 @patch
@@ -609,7 +654,8 @@ def run_group(self:_Run, gi:int, group:list, bank)->dict:
     members = [tuple(experts.index(i) for i in u.members) for u in group] if mixed else None
     used = experts if mixed else group[0].members
     models, names = [self.pool[i].model for i in used], [self.pool.names[i] for i in used]
-    nets = [self.net(i) for i in used]                                   # what runs the steps (compiled or not); hooks sit on `models`
+    # what runs the steps (compiled or not); hooks sit on `models`
+    nets = [self.net(i) for i in used]
     votes, y = torch.stack([u.weights for u in group]).to(self.device), torch.tensor([c for u in group for c in u.classes], device=self.device)
     self.lr_scale, self.bad = 1.0, 0                                     # each group starts at the configured lr
     step, states = self.load_progress(gi, group) or (0, [self.fresh(u, bank) for u in group])
@@ -633,8 +679,11 @@ def finish_group(self:_Run, group:list, states:list, ce_img:torch.Tensor, bn:tor
     n, res = len(group[0].classes), {}
     for j, (u, s) in enumerate(zip(group, states)):
         res[u.key] = dict(x=s.x.detach().cpu(), ce=ce_img[:, j * n:(j + 1) * n].cpu(), bn=bn[:, j].cpu())
-        if self.checkpoints is not None: atomic_write(self.checkpoints/f'{u.key}.safetensors', st_save({k: v.contiguous() for k, v in res[u.key].items()}))
-    if self.checkpoints is not None and (self.checkpoints/self.progress_file).exists(): (self.checkpoints/self.progress_file).unlink()
+        if self.checkpoints is not None:
+            atomic_write(self.checkpoints/f'{u.key}.safetensors',
+                         st_save({k: v.contiguous() for k, v in res[u.key].items()}))
+    if self.checkpoints is not None and (self.checkpoints/self.progress_file).exists():
+        (self.checkpoints/self.progress_file).unlink()
     return res
 
 # %% ../nbs/04_recover.ipynb #d1e9afdd
@@ -655,7 +704,8 @@ def assemble(self:_Run, done:dict, seconds:float)->Recovered:
 @patch
 def open_checkpoints(self:_Run):
     "Check that the checkpoint folder belongs to this run, or claim it."
-    if (self.checkpoints/'run.json').exists(): self.check_same(load_json(self.checkpoints/'run.json').get('fingerprint'), self.checkpoints/'run.json')
+    if (self.checkpoints/'run.json').exists():
+        self.check_same(load_json(self.checkpoints/'run.json').get('fingerprint'), self.checkpoints/'run.json')
     else: save_json(self.checkpoints/'run.json', dict(fingerprint=self.fingerprint))
 
 # %% ../nbs/04_recover.ipynb #3caeb459
@@ -670,7 +720,7 @@ def check_same(self:_Run, found:dict|None, where:Path):
 # %% ../nbs/04_recover.ipynb #bd36be6c
 @patch
 def __call__(self:_Run)->Recovered:
-    "Run (or resume, or just load) the whole recover stage: this process's groups, then every process's results gathered."
+    "Run, resume or just load the whole stage: this process's groups, then every process's results gathered."
     t0, share = time.perf_counter(), self.share
     if self.out is not None and (self.out/'recovered.json').exists():
         self.check_same(load_json(self.out/'recovered.json').get('fingerprint'), self.out/'recovered.json')
@@ -678,14 +728,16 @@ def __call__(self:_Run)->Recovered:
     if self.checkpoints is not None: share.main_first(self.open_checkpoints)
     done, mine = self.load_done(), share.mine(len(self.groups))
     todo = [(gi, self.groups[gi]) for gi in mine if not all(u.key in done for u in self.groups[gi])]
-    if self.checkpoints is not None and (self.checkpoints/self.progress_file).exists():    # the group in progress first: others would overwrite its file
-        todo.sort(key=lambda t: str(t[0]) != self.progress_group())      # (units are independent: the order changes no bit)
+    if self.checkpoints is not None and (self.checkpoints/self.progress_file).exists():   # the group in progress first
+        todo.sort(key=lambda t: str(t[0]) != self.progress_group())
     self.total, self.done = self.cfg.iterations * len(mine), self.cfg.iterations * (len(mine) - len(todo))
     used = sorted({i for u in self.units for i in u.members})
     desc = f'recover (rank {share.rank})' if share.active else 'recover'
-    with _Placed([self.pool[i].model for i in used], self.device, self.channels_last), progress(total=self.total, initial=self.done, desc=desc, disable=True if self.quiet else None) as self.bar:
+    bar = progress(total=self.total, initial=self.done, desc=desc, disable=True if self.quiet else None)
+    with _Placed([self.pool[i].model for i in used], self.device, self.channels_last), bar as self.bar:
         need_bank = any(share.gather(bool(todo)))
-        bank = share.broadcast(init_bank(self.cfg, self.data, self.pool, self.device) if need_bank and share.main else None)
+        bank = init_bank(self.cfg, self.data, self.pool, self.device) if need_bank and share.main else None
+        bank = share.broadcast(bank)
         for gi, g in todo: done.update(self.run_group(gi, g, bank))
     for part in share.gather({u.key: done[u.key] for gi in mine for u in self.groups[gi]}): done.update(part)
     rec = self.assemble(done, time.perf_counter() - t0)
@@ -711,8 +763,11 @@ def recover(pool:ExpertPool,            # the experts (checked against `data`)
     cfg = RecoverConfig.coerce(config, **kw)
     pool.check(data.info)
     priors = [float(p) for p in priors] if priors is not None else compute_priors(pool, cfg.prior, cfg.prior_values, data)
-    if len(priors) != len(pool): raise CVDDError(f'{len(priors)} priors for {len(pool)} experts', 'give one prior per expert')
-    if not all(math.isfinite(p) for p in priors): raise CVDDError(f'priors must be finite numbers, got {priors}', 'pass finite priors (e.g. the experts\' accuracies)')
+    if len(priors) != len(pool):
+        raise CVDDError(f'{len(priors)} priors for {len(pool)} experts', 'give one prior per expert')
+    if not all(math.isfinite(p) for p in priors):
+        raise CVDDError(f'priors must be finite numbers, got {priors}',
+                        'pass finite priors (e.g. the experts\' accuracies)')
     try: return _Run(pool, data, cfg, out, callbacks, priors, stop_after, quiet, share)()
     except StopRecover: return None
 

@@ -23,7 +23,8 @@ __all__ = ['REFERENCE_NAMES', 'REFERENCE_ARCHS', 'REFERENCE_DATASETS', 'REFERENC
            'check_reference_input']
 
 # %% ../nbs/03b_reference.ipynb #df53f10d
-REFERENCE_NAMES = ('ResNet18', 'ResNet50', 'ShuffleNetV2', 'MobileNetV2', 'Densenet121')   # the file stems of a reference pool
+# the file stems of a reference pool
+REFERENCE_NAMES = ('ResNet18', 'ResNet50', 'ShuffleNetV2', 'MobileNetV2', 'Densenet121')
 
 REFERENCE_ARCHS = dict(   # our architecture for each reference model, per model family
     cifar=dict(ResNet18='resnet18', ResNet50='resnet50', ShuffleNetV2='shufflenetv2', MobileNetV2='mobilenetv2_ref',
@@ -33,15 +34,18 @@ REFERENCE_ARCHS = dict(   # our architecture for each reference model, per model
 
 # %% ../nbs/03b_reference.ipynb #514ffff1
 REFERENCE_DATASETS = dict(   # normalisation, image side, model family and class names of the reference's pools
-    cifar10=dict(mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), size=32, family='cifar', classes=CIFAR10_CLASSES),
-    cifar100=dict(mean=(0.5071, 0.4867, 0.4408), std=(0.2675, 0.2565, 0.2761), size=32, family='cifar', classes=CIFAR100_CLASSES),
+    cifar10=dict(mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), size=32, family='cifar',
+                 classes=CIFAR10_CLASSES),
+    cifar100=dict(mean=(0.5071, 0.4867, 0.4408), std=(0.2675, 0.2565, 0.2761), size=32, family='cifar',
+                  classes=CIFAR100_CLASSES),
     tiny_imagenet=dict(mean=IMAGENET_MEAN, std=IMAGENET_STD, size=64, family='cifar', classes=None),
     imagenette=dict(mean=IMAGENET_MEAN, std=IMAGENET_STD, size=224, family='torchvision', classes=None),
     imagefolder=dict(mean=IMAGENET_MEAN, std=IMAGENET_STD, size=224, family='torchvision', classes=None))
 
 # %% ../nbs/03b_reference.ipynb #cd94e822
 def reference_settings(info:DatasetInfo)->dict:
-    "The reference's settings for the dataset of `info`, with its class names (the dataset's where the reference has none)."
+    ("The reference's settings for the dataset of `info`, with its class names (the dataset's where the reference has "
+     "none).")
     if info.name not in REFERENCE_DATASETS:
         raise CVDDError(f'the reference made no expert pools for a dataset called {info.name!r}',
                         f'load the dataset under one of these names: {", ".join(REFERENCE_DATASETS)}')
@@ -68,13 +72,15 @@ def resnet_key(k:str,                      # a key of the reference's ResNet sta
     return _head(k)
 
 # %% ../nbs/03b_reference.ipynb #6368fe90
-_DOWN_BRANCH = ('left.0', 'left.1', 'right.0', 'right.1', 'right.2')   # a stage's first unit: the reference's conv1..conv5
+# a stage's first unit: the reference's conv1..conv5
+_DOWN_BRANCH = ('left.0', 'left.1', 'right.0', 'right.1', 'right.2')
 
 def shufflenet_key(k:str,                 # a key of the reference's ShuffleNetV2 state dict
                    blocks=(4, 8, 4))->str|None:  # units per stage (a DownBlock and 3, 7, 3 BasicBlocks)
     "Our ShuffleNetV2 key for the reference's key `k` (None if it is not one)."
     start = [1 + sum(blocks[:s]) for s in range(3)]
-    if m := re.fullmatch(r'(conv|bn)([12])\.(\w+)', k): return f'features.{0 if m[2] == "1" else 1 + sum(blocks)}.{_pair(m[1])}.{m[3]}'
+    if m := re.fullmatch(r'(conv|bn)([12])\.(\w+)', k):
+        return f'features.{0 if m[2] == "1" else 1 + sum(blocks)}.{_pair(m[1])}.{m[3]}'
     if m := re.fullmatch(r'layer([1-3])\.(\d+)\.(conv|bn)([1-5])\.(\w+)', k):
         j, i = int(m[2]), int(m[4])
         return f'features.{start[int(m[1]) - 1] + j}.{_DOWN_BRANCH[i - 1] if j == 0 else f"right.{i - 1}"}.{_pair(m[3])}.{m[5]}'
@@ -84,9 +90,12 @@ def shufflenet_key(k:str,                 # a key of the reference's ShuffleNetV
 def mobilenet_key(k:str,           # a key of the reference's MobileNetV2 state dict
                   blocks:int=17)->str|None:  # inverted-residual blocks
     "Our `mobilenetv2_ref` key for the reference's key `k` (None if it is not one)."
-    if m := re.fullmatch(r'(conv|bn)([12])\.(\w+)', k): return f'features.{0 if m[2] == "1" else 1 + blocks}.{_pair(m[1])}.{m[3]}'
-    if m := re.fullmatch(r'layers\.(\d+)\.(conv|bn)([1-3])\.(\w+)', k): return f'features.{1 + int(m[1])}.body.{int(m[3]) - 1}.{_pair(m[2])}.{m[4]}'
-    if m := re.fullmatch(r'layers\.(\d+)\.shortcut\.([01])\.(\w+)', k): return f'features.{1 + int(m[1])}.shortcut.{m[2]}.{m[3]}'
+    if m := re.fullmatch(r'(conv|bn)([12])\.(\w+)', k):
+        return f'features.{0 if m[2] == "1" else 1 + blocks}.{_pair(m[1])}.{m[3]}'
+    if m := re.fullmatch(r'layers\.(\d+)\.(conv|bn)([1-3])\.(\w+)', k):
+        return f'features.{1 + int(m[1])}.body.{int(m[3]) - 1}.{_pair(m[2])}.{m[4]}'
+    if m := re.fullmatch(r'layers\.(\d+)\.shortcut\.([01])\.(\w+)', k):
+        return f'features.{1 + int(m[1])}.shortcut.{m[2]}.{m[3]}'
     return _head(k)
 
 # %% ../nbs/03b_reference.ipynb #93800378
@@ -165,7 +174,8 @@ def _reference_meta(model, name, info, ref, family, path:Path)->ExpertMeta:
     origin = dict(file=str(path), sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
                   imported=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'), command='ExpertPool.from_reference')
     return ExpertMeta(arch=model.cvdd_spec, dataset=info.name, class_names=ref['classes'], in_chans=3, img_size=[ref['size']] * 2,
-                      mean=list(ref['mean']), std=list(ref['std']), versions=versions(), params=count_params(model), origin=origin,
+                      mean=list(ref['mean']), std=list(ref['std']), versions=versions(), params=count_params(model),
+                      origin=origin,
                       recipe=dict(source='CV-DD reference (github.com/Jiacheng8/CV-DD)', name=name, family=family))
 
 # %% ../nbs/03b_reference.ipynb #e3f2f1be
@@ -179,9 +189,12 @@ def reference_expert(path:str|Path,        # the reference's `<Name>.pth`
     model = create_model(arch, len(ref['classes']), 3, ref['size'])
     sd = reference_state_dict(path, name, model, family)
     if (n := _head_classes(sd)) != len(ref['classes']):
-        raise CVDDError(f'{path} has a head of {n} classes, {info.name} has {len(ref["classes"])}', f"import the reference's pool for {info.name}")
+        raise CVDDError(f'{path} has a head of {n} classes, {info.name} has {len(ref["classes"])}',
+                        f"import the reference's pool for {info.name}")
     try: load_weights(model, sd, str(path))
-    except CVDDError as e: raise CVDDError(e.problem, f"check that {path.name} is the reference's {name} ({family} models for {info.name})") from None
+    except CVDDError as e:
+        raise CVDDError(e.problem,
+                        f"check that {path.name} is the reference's {name} ({family} models for {info.name})") from None
     return Expert(model, _reference_meta(model, name, info, ref, family, path), name=name)
 
 # %% ../nbs/03b_reference.ipynb #dc15958d
@@ -232,14 +245,17 @@ def check_reference_input(info:DatasetInfo, family:str|None=None):
 # %% ../nbs/03b_reference.ipynb #a27f02d4
 def _reference_files(src:Path, names:list|None)->dict:
     "{name: path}: every reference file in `src`, or exactly those of `names`."
-    if not src.is_dir(): raise CVDDError(f'{src} is not a folder', "pass the folder that holds the reference's <Name>.pth files")
+    if not src.is_dir():
+        raise CVDDError(f'{src} is not a folder', "pass the folder that holds the reference's <Name>.pth files")
     have = {n: src/f'{n}.pth' for n in REFERENCE_NAMES if (src/f'{n}.pth').is_file()}
     if names is None and not have:
         other, want = sorted(p.name for p in src.iterdir())[:5], ', '.join(n + '.pth' for n in REFERENCE_NAMES)
         raise CVDDError(f"{src} holds none of the reference's files ({want})" + (f'; it holds {", ".join(other)}' if other else ''),
                         "point at the reference pool's folder for one dataset")
     missing = [n for n in names or [] if check_choice('reference model', n, REFERENCE_NAMES) not in have]
-    if missing: raise CVDDError(f'{src} has no {", ".join(n + ".pth" for n in missing)}', f'import the ones it has ({", ".join(have) or "none"}) or copy the missing files in')
+    if missing:
+        raise CVDDError(f'{src} has no {", ".join(n + ".pth" for n in missing)}',
+                        f'import the ones it has ({", ".join(have) or "none"}) or copy the missing files in')
     return {n: have[n] for n in names or have}
 
 # %% ../nbs/03b_reference.ipynb #ba209065
@@ -255,7 +271,8 @@ def from_reference(cls:ExpertPool, src:str|Path,   # the reference pool's folder
     info = data.info if isinstance(data, Data) else data
     check_reference_input(info, family)
     experts = [reference_expert(p, n, info, family) for n, p in _reference_files(Path(src), names).items()]
-    for e in experts if measure and isinstance(data, Data) else []: e.meta.test_acc = evaluate_model(e.model, data.test, info)
+    for e in experts if measure and isinstance(data, Data) else []:
+        e.meta.test_acc = evaluate_model(e.model, data.test, info)
     pool = cls(experts).check(info, min_margin)
     if out is not None: pool.save(out)
     return pool

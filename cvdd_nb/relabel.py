@@ -55,12 +55,17 @@ class RelabelConfig(Config):
 @patch
 def check(self:RelabelConfig):
     "Raise a `CVDDError` naming the first bad setting and its fix."
-    check_choice('mix', self.mix, MIXES); check_choice('mode', self.mode, MODES); check_choice('flip', self.flip, YES_NO_AUTO)
+    check_choice('mix', self.mix, MIXES)
+    check_choice('mode', self.mode, MODES)
+    check_choice('flip', self.flip, YES_NO_AUTO)
     check_choice('channels_last', self.channels_last, YES_NO_AUTO)
     for k in ('epochs', 'batch_size', 'sub_batch'):
-        if getattr(self, k) < 1: raise CVDDError(f'RelabelConfig.{k} must be >= 1, got {getattr(self, k)}', f'set {k} to 1 or more')
-    if not 0 < self.min_scale <= 1: raise CVDDError(f'min_scale must be in (0, 1], got {self.min_scale}', 'the reference uses 0.08')
-    if self.temperature <= 0 or self.mix_beta <= 0: raise CVDDError('temperature and mix_beta must be > 0', 'the reference uses 10 and 1')
+        if getattr(self, k) < 1:
+            raise CVDDError(f'RelabelConfig.{k} must be >= 1, got {getattr(self, k)}', f'set {k} to 1 or more')
+    if not 0 < self.min_scale <= 1:
+        raise CVDDError(f'min_scale must be in (0, 1], got {self.min_scale}', 'the reference uses 0.08')
+    if self.temperature <= 0 or self.mix_beta <= 0:
+        raise CVDDError('temperature and mix_beta must be > 0', 'the reference uses 10 and 1')
     if self.topk < 0: raise CVDDError(f'topk must be >= 0, got {self.topk}', 'use 0 to keep every logit')
     if self.seed < 0: raise CVDDError(f'seed must be >= 0, got {self.seed}', 'use a non-negative seed')
 
@@ -69,28 +74,44 @@ def as_relabel_config(config:RelabelConfig|dict|None=None, **kw)->RelabelConfig:
     "A `RelabelConfig` from a config, a dict or nothing, with `kw` overriding (`Config.coerce`)."
     return RelabelConfig.coerce(config, **kw)
 
+# %% ../nbs/05_relabel.ipynb #444a483d
+def _check_labels(labels, n:int, num_classes:int|None):
+    "Raise a `CVDDError` unless `labels` are `n` class indices in range."
+    if not isinstance(labels, torch.Tensor) or labels.ndim != 1 or len(labels) != n:
+        raise CVDDError(f'labels must be a tensor (N,) with N={n}, got '
+                        f'{getattr(labels, "shape", type(labels).__name__)}', 'give one label per image')
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise CVDDError(f'labels must be class indices, got {labels.dtype}', 'pass an int64 tensor')
+    if num_classes is not None and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise CVDDError(f'labels must be in 0..{num_classes - 1}, found {int(labels.min())}..{int(labels.max())}',
+                        'check the class map')
+
 # %% ../nbs/05_relabel.ipynb #671f8910
 def check_images(images:torch.Tensor,          # normalised float images (N, C, H, W)
                  labels:torch.Tensor|None=None, # their class indices (N,)
                  info:DatasetInfo|None=None,    # the dataset they belong to (channels, size, classes)
                  num_classes:int|None=None):    # classes, when there is no `info`
     "Raise a `CVDDError` unless `images` (and `labels`) are well-formed for `info`; return them."
-    if not isinstance(images, torch.Tensor): raise CVDDError(f'images must be a torch tensor, got {type(images).__name__}', 'pass a float tensor (N, C, H, W)')
-    if images.ndim != 4: raise CVDDError(f'images must be (N, C, H, W), got shape {tuple(images.shape)}', 'add the missing axes, e.g. x[:, None] for grey images')
-    if not images.is_floating_point(): raise CVDDError(f'images must be normalised floats, got {images.dtype}', 'use cvdd_nb.data.normalize(x, info) on uint8 images')
+    if not isinstance(images, torch.Tensor):
+        raise CVDDError(f'images must be a torch tensor, got {type(images).__name__}',
+                        'pass a float tensor (N, C, H, W)')
+    if images.ndim != 4:
+        raise CVDDError(f'images must be (N, C, H, W), got shape {tuple(images.shape)}',
+                        'add the missing axes, e.g. x[:, None] for grey images')
+    if not images.is_floating_point():
+        raise CVDDError(f'images must be normalised floats, got {images.dtype}',
+                        'use cvdd_nb.data.normalize(x, info) on uint8 images')
     if len(images) == 0: raise CVDDError('there are no images', 'pass at least one image')
     bad = (~torch.isfinite(images)).flatten(1).any(1)
-    if bad.any(): raise CVDDError(f'{int(bad.sum())} image(s) contain NaN or inf (first: index {int(bad.nonzero()[0])})', 'fix or drop those images (a diverged recover run?)')
+    if bad.any():
+        raise CVDDError(f'{int(bad.sum())} image(s) contain NaN or inf (first: index {int(bad.nonzero()[0])})',
+                        'fix or drop those images (a diverged recover run?)')
     if info is not None:
         if images.shape[1] != info.channels or tuple(images.shape[2:]) != tuple(info.img_size):
-            raise CVDDError(f'images are {tuple(images.shape[1:])}, {info.name} images are {(info.channels, *info.img_size)}', 'use images of this dataset')
+            raise CVDDError(f'images are {tuple(images.shape[1:])}, {info.name} images are '
+                            f'{(info.channels, *info.img_size)}', 'use images of this dataset')
         num_classes = info.num_classes
-    if labels is not None:
-        if not isinstance(labels, torch.Tensor) or labels.ndim != 1 or len(labels) != len(images):
-            raise CVDDError(f'labels must be a tensor (N,) with N={len(images)}, got {getattr(labels, "shape", type(labels).__name__)}', 'give one label per image')
-        if labels.is_floating_point() or labels.dtype == torch.bool: raise CVDDError(f'labels must be class indices, got {labels.dtype}', 'pass an int64 tensor')
-        if num_classes is not None and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-            raise CVDDError(f'labels must be in 0..{num_classes - 1}, found {int(labels.min())}..{int(labels.max())}', 'check the class map')
+    if labels is not None: _check_labels(labels, len(images), num_classes)
     return images, labels
 
 # %% ../nbs/05_relabel.ipynb #b42e9a80
@@ -98,7 +119,9 @@ def label_weights(priors,                    # one prior alpha_i per teacher
                   temperature:float=10.0)->torch.Tensor:  # T_label
     "Committee label votes v = softmax(alpha / T_label) (float32, they sum to 1)."
     p = torch.as_tensor(priors, dtype=torch.float64).flatten()
-    if len(p) == 0 or not torch.isfinite(p).all(): raise CVDDError(f'priors must be finite numbers, one per teacher, got {list(p.tolist())}', 'pass e.g. the experts\' accuracies')
+    if len(p) == 0 or not torch.isfinite(p).all():
+        raise CVDDError(f'priors must be finite numbers, one per teacher, got {list(p.tolist())}',
+                        'pass e.g. the experts\' accuracies')
     return torch.softmax(p / temperature, 0).float()
 
 # %% ../nbs/05_relabel.ipynb #f3556d98
@@ -138,14 +161,17 @@ def teacher_logits(model:nn.Module, x:torch.Tensor,
 # %% ../nbs/05_relabel.ipynb #657cab1a
 class Committee:
     "Teachers with label votes: z = sum_i v_i * logits_i, each teacher on BSSL sub-batches."
-    def __init__(self, models:list, names:list, weights, priors=None, sub_batch:int=8, bssl:bool=True, channels_last:str='auto'):
+    def __init__(self, models:list, names:list, weights, priors=None, sub_batch:int=8, bssl:bool=True,
+                 channels_last:str='auto'):
         self.models, self.names, self.weights = list(models), list(names), torch.as_tensor(weights, dtype=torch.float32)
         self.priors, self.sub_batch, self.bssl = None if priors is None else [float(p) for p in priors], sub_batch, bssl
         self.channels_last = check_choice('channels_last', channels_last, YES_NO_AUTO)
-        if not len(self.models) == len(self.names) == len(self.weights): raise CVDDError('one name and one weight per teacher', 'check names and priors')
+        if not len(self.models) == len(self.names) == len(self.weights):
+            raise CVDDError('one name and one weight per teacher', 'check names and priors')
 
     def __repr__(self):
-        return 'Committee(' + ', '.join(f'{n}: {w:.3f}' for n, w in zip(self.names, self.weights.tolist())) + f'; sub-batch {self.sub_batch}, bssl={self.bssl})'
+        return 'Committee(' + ', '.join(f'{n}: {w:.3f}' for n,
+                                        w in zip(self.names, self.weights.tolist())) + f'; sub-batch {self.sub_batch}, bssl={self.bssl})'
 
 # %% ../nbs/05_relabel.ipynb #45936c14
 @patch
@@ -170,7 +196,8 @@ def placed(self:Committee, device):
         for m in self.models: m.to(device, memory_format=torch.channels_last if cl else torch.preserve_format)
         yield self
     finally:
-        for m, d in zip(self.models, prev): m.to(d, memory_format=torch.contiguous_format if cl else torch.preserve_format)
+        for m, d in zip(self.models, prev):
+            m.to(d, memory_format=torch.contiguous_format if cl else torch.preserve_format)
 
 # %% ../nbs/05_relabel.ipynb #2599a18a
 @patch
@@ -201,7 +228,8 @@ def _teacher_list(teachers)->tuple:
     else: items = list(teachers)
     if not items: raise CVDDError('no teachers given', 'pass an ExpertPool, a list of experts or a model')
     names = [t.name if isinstance(t, Expert) else f'teacher{i}' for i, t in enumerate(items)]
-    if len(set(names)) != len(names): raise CVDDError(f'teacher names must be unique, got {names}', 'give each expert its own name')
+    if len(set(names)) != len(names):
+        raise CVDDError(f'teacher names must be unique, got {names}', 'give each expert its own name')
     return [t.model if isinstance(t, Expert) else t for t in items], names, items
 
 # %% ../nbs/05_relabel.ipynb #bd33f26b
@@ -214,7 +242,8 @@ def _resolve_priors(priors, all_names, names)->list:
     priors = [float(p) for p in priors]
     if len(priors) == len(all_names): return [priors[all_names.index(n)] for n in names]
     if len(priors) == len(names): return priors
-    raise CVDDError(f'{len(priors)} priors for {len(all_names)} teachers ({len(names)} chosen)', 'give one prior per teacher (pool order) or per chosen name')
+    raise CVDDError(f'{len(priors)} priors for {len(all_names)} teachers ({len(names)} chosen)',
+                    'give one prior per teacher (pool order) or per chosen name')
 
 # %% ../nbs/05_relabel.ipynb #a7b95c0e
 def make_committee(teachers,                       # ExpertPool, list of Expert, Expert, nn.Module(s) or a Committee
@@ -232,7 +261,8 @@ def make_committee(teachers,                       # ExpertPool, list of Expert,
         for t in items:
             if isinstance(t, Expert) and t.name in names: t.check(info)
     p = _resolve_priors(priors, all_names, names)
-    return Committee([models[all_names.index(n)] for n in names], names, label_weights(p, cfg.temperature), p, cfg.sub_batch, cfg.bssl, cfg.channels_last)
+    return Committee([models[all_names.index(n)] for n in names], names, label_weights(p, cfg.temperature), p,
+                     cfg.sub_batch, cfg.bssl, cfg.channels_last)
 
 # %% ../nbs/05_relabel.ipynb #6dcdce57
 def epoch_order(n:int, seed:int, epoch:int,
@@ -255,7 +285,8 @@ _SAMPLER_STATES = {}   # (n, seed) -> the generator's state before each epoch dr
 def sampler_order(n:int,          # number of images
                   seed:int,       # seed of the sampler's generator (the reference: 42)
                   epoch:int)->torch.Tensor:
-    "The order of `epoch` that `RandomSampler(generator=torch.Generator().manual_seed(seed))` draws, epochs one after another."
+    ("The order of `epoch` that `RandomSampler(generator=torch.Generator().manual_seed(seed))` draws, epochs one after "
+     "another.")
     states = _SAMPLER_STATES.setdefault((n, seed), [torch.Generator().manual_seed(seed).get_state()])
     g = torch.Generator(); sampler = torch.utils.data.RandomSampler(range(n), generator=g)
     while len(states) <= epoch:
@@ -298,7 +329,8 @@ class Augmenter:
     def plan(self, n:int, epoch:int)->list:
         "The `BatchAug` of every batch of `epoch` for `n` images."
         c, order = self.config, epoch_order(n, self.config.seed, epoch, self.order)
-        return [draw_batch(order[s:e], c.seed, epoch, b, self.info.img_size, c, self.flip) for b, (s, e) in enumerate(batch_bounds(n, c.batch_size))]
+        return [draw_batch(order[s:e], c.seed, epoch, b, self.info.img_size, c, self.flip) for b,
+                (s, e) in enumerate(batch_bounds(n, c.batch_size))]
 
     def labels(self, x:torch.Tensor)->torch.Tensor|None: return None
 
@@ -310,7 +342,8 @@ class Augmenter:
 # %% ../nbs/05_relabel.ipynb #6aed542c
 class OnlineLabeler(Augmenter):
     "The replay with the committee run on every batch as it comes (nothing stored)."
-    def __init__(self, teachers, info:DatasetInfo, config:RelabelConfig|dict|None=None, priors=None, names:list|None=None):
+    def __init__(self, teachers, info:DatasetInfo, config:RelabelConfig|dict|None=None, priors=None,
+                 names:list|None=None):
         super().__init__(info, config)
         self.committee = make_committee(teachers, info, self.config, priors, names)
         self.num_classes = info.num_classes
@@ -321,7 +354,8 @@ class OnlineLabeler(Augmenter):
         return expand_logits(compress_logits(z, self.config.topk), self.num_classes)
 
     def replay(self, images:torch.Tensor, epoch:int):
-        "Yield a `LabelBatch` per batch of `epoch`; the teachers sit on the images' device (channels-last if set) meanwhile."
+        ("Yield a `LabelBatch` per batch of `epoch`; the teachers sit on the images' device (channels-last if set) "
+         "meanwhile.")
         with self.committee.placed(images.device): yield from super().replay(images, epoch)
 
     def __repr__(self): return f'OnlineLabeler({self.committee}, {self.config.mix}, topk={self.config.topk})'
@@ -381,22 +415,28 @@ def aug(self:LabelStore, epoch:int, b:int)->BatchAug:
 def logits(self:LabelStore, epoch:int, b:int)->torch.Tensor:
     "The stored soft logits of batch `b` of `epoch` (float32, reconstructed if top-k)."
     s, e = self.bounds[b]
-    return expand_logits({k: self.tensors[k][epoch, s:e] for k in ('logits', 'values', 'indices', 'rest') if k in self.tensors}, self.num_classes)
+    return expand_logits({k: self.tensors[k][epoch, s:e] for k in ('logits', 'values', 'indices',
+                                                                   'rest') if k in self.tensors}, self.num_classes)
 
 # %% ../nbs/05_relabel.ipynb #5d447c57
 @patch
 def check(self:LabelStore, images:torch.Tensor):
     "Raise unless these labels were made for `images`."
-    if len(images) != self.n: raise CVDDError(f'the label store holds labels for {self.n} images, got {len(images)}', 'relabel these images, or load the matching store')
+    if len(images) != self.n:
+        raise CVDDError(f'the label store holds labels for {self.n} images, got {len(images)}',
+                        'relabel these images, or load the matching store')
     if images_fingerprint(images) != self.meta['images']:
-        raise CVDDError('the label store was made for other images (fingerprint mismatch)', 'relabel these images, or load the store saved with them')
+        raise CVDDError('the label store was made for other images (fingerprint mismatch)',
+                        'relabel these images, or load the store saved with them')
     return self
 
 # %% ../nbs/05_relabel.ipynb #87e97398
 @patch
 def replay(self:LabelStore, images:torch.Tensor, epoch:int):
     "Yield a `LabelBatch` per batch of `epoch`, from the stored parameters and logits."
-    if not 0 <= epoch < self.epochs: raise CVDDError(f'the label store holds {self.epochs} epochs, epoch {epoch} was asked for', f'train for at most {self.epochs} epochs, or relabel with more')
+    if not 0 <= epoch < self.epochs:
+        raise CVDDError(f'the label store holds {self.epochs} epochs, epoch {epoch} was asked for',
+                        f'train for at most {self.epochs} epochs, or relabel with more')
     if len(images) != self.n: self.check(images)
     for b in range(len(self.bounds)):
         a = self.aug(epoch, b); z = self.logits(epoch, b).to(images.device)
@@ -407,7 +447,8 @@ def replay(self:LabelStore, images:torch.Tensor, epoch:int):
 def save(self:LabelStore, path:str|Path)->Path:
     "Write `labels.safetensors` and `labels.json` into folder `path` (atomically); return the folder."
     path = Path(path); path.mkdir(parents=True, exist_ok=True)
-    atomic_write(path/STORE_FILE, st_save({k: v.contiguous() for k, v in self.tensors.items()}, metadata={'format': 'cvdd-labels-1'}))
+    atomic_write(path/STORE_FILE,
+                 st_save({k: v.contiguous() for k, v in self.tensors.items()}, metadata={'format': 'cvdd-labels-1'}))
     save_json(path/STORE_JSON, dict(self.meta, files=[STORE_FILE]))
     self.path = path
     return path
@@ -427,7 +468,9 @@ def load(cls:LabelStore, path:str|Path)->LabelStore:
     except Exception as e: raise CVDDError(f'{path/STORE_FILE} is damaged ({e})', 'rerun relabel') from None
     E, n = meta['config'].get('epochs'), meta['n']
     missing = [k for k in _STORE_KEYS if k not in tensors] + ([] if 'logits' in tensors or 'values' in tensors else ['logits'])
-    if missing or tensors['order'].shape != (E, n): raise CVDDError(f'{path/STORE_FILE} does not match {STORE_JSON} (missing {missing}, order {tuple(tensors["order"].shape) if "order" in tensors else None} vs {(E, n)})', 'rerun relabel')
+    if missing or tensors['order'].shape != (E, n):
+        raise CVDDError(f'{path/STORE_FILE} does not match {STORE_JSON} (missing {missing}, order '
+                        f'{tuple(tensors["order"].shape) if "order" in tensors else None} vs {(E, n)})', 'rerun relabel')
     s = cls(dict(tensors), meta); s.path = path
     return s
 
@@ -437,7 +480,8 @@ def _empty_store(E, n, B, K, topk, batch_size):
              perm=torch.zeros(E, n, dtype=torch.int16 if batch_size < 16384 else torch.int32), lam=torch.zeros(E, B), box=torch.zeros(E, B, 4, dtype=torch.int16))
     if 0 < topk < K:
         it = torch.int16 if K <= 32767 else torch.int32
-        tensors.update(values=torch.zeros(E, n, topk, dtype=torch.half), indices=torch.zeros(E, n, topk, dtype=it), rest=torch.zeros(E, n, dtype=torch.half))
+        tensors.update(values=torch.zeros(E, n, topk, dtype=torch.half), indices=torch.zeros(E, n, topk, dtype=it),
+                       rest=torch.zeros(E, n, dtype=torch.half))
     else: tensors['logits'] = torch.zeros(E, n, K, dtype=torch.half)
     return tensors
 
@@ -463,7 +507,8 @@ def _resume_epochs(part:Path|None, fingerprint:dict, tensors:dict)->set:
     if part is None: return set()
     if (part/'run.json').exists():
         if load_json(part/'run.json').get('fingerprint') != fingerprint:
-            raise CVDDError(f'{part.parent} holds an unfinished relabel of other images, teachers or settings', 'use a new output folder, or delete that one to start over')
+            raise CVDDError(f'{part.parent} holds an unfinished relabel of other images, teachers or settings',
+                            'use a new output folder, or delete that one to start over')
     else: save_json(part/'run.json', dict(fingerprint=fingerprint))
     done = set()
     for f in sorted(part.glob('e*.safetensors')):
@@ -473,19 +518,24 @@ def _resume_epochs(part:Path|None, fingerprint:dict, tensors:dict)->set:
         if z is not None and 0 <= e < len(tensors['order']) and z.keys() == tensors.keys() and all(z[k].shape == tensors[k][e].shape and z[k].dtype == tensors[k].dtype for k in tensors):
             for k in tensors: tensors[k][e] = z[k]
             done.add(e)
-        else: warnings.warn(f'relabel: checkpoint {f} is unreadable ({why}); that epoch is labelled again', RuntimeWarning)
+        else:
+            warnings.warn(f'relabel: checkpoint {f} is unreadable ({why}); that epoch is labelled again',
+                          RuntimeWarning)
     return done
 
 # %% ../nbs/05_relabel.ipynb #76c0f215
-def _label_epochs(com:Committee, aug:Augmenter, x_all:torch.Tensor, tensors:dict, epochs:list, part:Path|None, topk:int, quiet:bool):
-    "Label `epochs` into `tensors` (the committee on every replayed batch), checkpointing each finished epoch into `part`."
+def _label_epochs(com:Committee, aug:Augmenter, x_all:torch.Tensor, tensors:dict, epochs:list, part:Path|None,
+                  topk:int, quiet:bool):
+    ("Label `epochs` into `tensors` (the committee on every replayed batch), checkpointing each finished epoch into "
+     "`part`.")
     n, bounds = len(x_all), batch_bounds(len(x_all), aug.config.batch_size)
     with com.placed(x_all.device):
         for e in progress(epochs, desc='relabel', disable=quiet or None):
             for b, ((s, _), a) in enumerate(zip(bounds, aug.plan(n, e))):
                 _put(tensors, e, b, s, a, compress_logits(com(apply_aug(x_all, a)), topk))
             tally('relabel_epochs')
-            if part is not None: atomic_write(part/f'e{e:04d}.safetensors', st_save({k: v[e].contiguous() for k, v in tensors.items()}))
+            if part is not None:
+                atomic_write(part/f'e{e:04d}.safetensors', st_save({k: v[e].contiguous() for k, v in tensors.items()}))
 
 # %% ../nbs/05_relabel.ipynb #8eb6dc44
 def _gather_epochs(share:Share, tensors:dict, mine:list, seconds:float, epochs:int)->float:
@@ -503,27 +553,28 @@ def relabel(images:torch.Tensor,            # normalised float images (N, C, H, 
             config:RelabelConfig|dict|None=None,
             priors=None,                    # list (pool order), {name: prior} or None (equal votes)
             names:list|None=None,           # the teachers to use (default: all)
-            out:str|Path|None=None,         # folder to save the store into; epochs are checkpointed there and a rerun resumes
+            out:str|Path|None=None,         # folder for the store; epochs are checkpointed there, a rerun resumes
             device=None, quiet:bool=True,
-            share:Share|None=None,          # the processes sharing the epochs (default: this one alone; see `distributed`)
-            order:str='cvdd')->LabelStore:  # image order: 'cvdd', or 'torch' for labels the reference's trainer can read (`05a_fkd`)
+            share:Share|None=None,          # the processes sharing the epochs (default: this one; `distributed`)
+            order:str='cvdd')->LabelStore:  # image order: 'cvdd', or 'torch' (the reference's trainer's, `05a_fkd`)
     "Run the FKD replay once for all epochs and store its parameters and committee labels."
     cfg = as_relabel_config(config); check_images(images, info=info)
-    com, aug, device = make_committee(teachers, info, cfg, priors, names), Augmenter(info, cfg, order), get_device(device)
+    com, aug = make_committee(teachers, info, cfg, priors, names), Augmenter(info, cfg, order)
     n, K, share, t0 = len(images), info.num_classes, share or Share(), time.perf_counter()
     tensors = _empty_store(cfg.epochs, n, len(batch_bounds(n, cfg.batch_size)), K, cfg.topk, cfg.batch_size)
     part = Path(out)/PARTIAL if out is not None else None
     fingerprint = _relabel_fingerprint(cfg, images, com, K) | ({} if order == 'cvdd' else dict(order=order))
     done, mine = share.main_first(lambda: _resume_epochs(part, fingerprint, tensors)), share.mine(cfg.epochs)
-    _label_epochs(com, aug, images.detach().to(device), tensors, [e for e in mine if e not in done], part, cfg.topk, quiet or not share.main)
+    _label_epochs(com, aug, images.detach().to(get_device(device)), tensors, [e for e in mine if e not in done], part,
+                  cfg.topk, quiet or not share.main)
     seconds = _gather_epochs(share, tensors, mine, time.perf_counter() - t0, cfg.epochs)
-    meta = dict(config=cfg.to_dict(), n=n, num_classes=K, img_size=list(info.img_size), dataset=info.name, class_names=list(info.class_names),
-                teachers=com.names, weights=com.weights.tolist(), priors=com.priors, flip=aug.flip, order=order, images=images_fingerprint(images),
-                seconds=round(seconds, 3), versions=versions())
+    meta = dict(config=cfg.to_dict(), n=n, num_classes=K, img_size=list(info.img_size), dataset=info.name,
+                class_names=list(info.class_names), teachers=com.names, weights=com.weights.tolist(), priors=com.priors,
+                flip=aug.flip, order=order, images=images_fingerprint(images), seconds=round(seconds, 3),
+                versions=versions())
     store = LabelStore(tensors, meta)
-    if out is not None:
-        if share.main: store.save(out); shutil.rmtree(part, ignore_errors=True)
-        share.barrier()
+    if out is not None and share.main: store.save(out); shutil.rmtree(part, ignore_errors=True)
+    if out is not None: share.barrier()
     return store
 
 # %% ../nbs/05_relabel.ipynb #023be603
@@ -542,6 +593,7 @@ def label_source(images:torch.Tensor, teachers, info:DatasetInfo, config:Relabel
     cfg = as_relabel_config(config)
     if hard: return Augmenter(info, cfg)
     if store is not None: return (store if isinstance(store, LabelStore) else LabelStore.load(store)).check(images)
-    if teachers is None: raise CVDDError('soft labels need teachers', 'pass an ExpertPool (or a stored label file), or use hard labels')
+    if teachers is None:
+        raise CVDDError('soft labels need teachers', 'pass an ExpertPool (or a stored label file), or use hard labels')
     if cfg.mode == 'online': return OnlineLabeler(teachers, info, cfg, priors, names)
     return relabel(images, teachers, info, cfg, priors, names, out, device, quiet)

@@ -34,10 +34,12 @@ def write_idx_fixture(root:str|Path,          # folder to write into
                       seed:int=0)->Path:
     "Write the four MNIST-style IDX files; returns `root` (pass it as `root=`)."
     check_choice('IDX fixture layout', layout, ['flat', 'torchvision']); root = Path(root)
-    d = root/TV_FOLDERS[check_choice('IDX dataset', name, ['mnist', 'fashion_mnist'])]/'raw' if layout == 'torchvision' else root
+    d = root/TV_FOLDERS[check_choice('IDX dataset', name,
+                                     ['mnist', 'fashion_mnist'])]/'raw' if layout == 'torchvision' else root
     for s, n, sd in (('train', n_train, seed), ('test', n_test, seed + 1)):
         x, y = fixture_images(n, 1, size, num_classes, sd)
-        write_idx(d/(IDX_FILES[f'{s}_x'] + '.gz' * gz), x[:, 0]); write_idx(d/(IDX_FILES[f'{s}_y'] + '.gz' * gz), y.astype(np.uint8))
+        write_idx(d/(IDX_FILES[f'{s}_x'] + '.gz' * gz), x[:, 0])
+        write_idx(d/(IDX_FILES[f'{s}_y'] + '.gz' * gz), y.astype(np.uint8))
     return root
 
 # %% ../nbs/01b_testing.ipynb #76dece43
@@ -46,12 +48,16 @@ def write_cifar_fixture(root:str|Path,      # folder to write into (the CIFAR fo
                         n_train:int|None=None, n_test:int|None=None,  # default: 2 and 1 image(s) per class
                         seed:int=0)->Path:
     "Write a tiny CIFAR python-version folder (pickled dicts with bytes keys); returns `root`."
-    c = CIFAR_FILES[check_choice('CIFAR kind', kind, list(CIFAR_FILES))]; root = Path(root); d = root/c['folder']; d.mkdir(parents=True, exist_ok=True)
+    c = CIFAR_FILES[check_choice('CIFAR kind', kind, list(CIFAR_FILES))]
+    root = Path(root)
+    d = root/c['folder']
+    d.mkdir(parents=True, exist_ok=True)
     n_train, n_test = n_train or 2 * c['n'], n_test or c['n']
     def dump(fn, obj):
         with open(d/fn, 'wb') as f: pickle.dump(obj, f, protocol=2)
     def batch(label, x, y):
-        b = {b'batch_label': label.encode(), b'data': x.reshape(len(x), -1), b'filenames': [f'img_{i}.png'.encode() for i in range(len(x))]}
+        b = {b'batch_label': label.encode(), b'data': x.reshape(len(x), -1),
+             b'filenames': [f'img_{i}.png'.encode() for i in range(len(x))]}
         if kind == 'cifar10': b[b'labels'] = y.tolist()
         else: b.update({b'fine_labels': y.tolist(), b'coarse_labels': (y % 20).tolist()})
         return b
@@ -84,18 +90,24 @@ def write_imagefolder_fixture(root:str|Path,          # folder to write into (be
     ext = ext or ('png' if layout == 'plain' else 'JPEG'); k = len(classes)
     def save(p, a):
         p.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(a[0] if channels == 1 else a.transpose(1, 2, 0)).save(p, **({'quality': 95, 'subsampling': 0} if ext.lower() in ('jpg', 'jpeg') else {}))
-    xtr, ytr = fixture_images(n_per_class * k, channels, size, k, seed); xte, yte = fixture_images(n_test_per_class * k, channels, size, k, seed + 1)
+        Image.fromarray(a[0] if channels == 1 else a.transpose(1, 2, 0)).save(p,
+                                                                              **({'quality': 95, 'subsampling': 0} if ext.lower() in ('jpg', 'jpeg') else {}))
+    xtr, ytr = fixture_images(n_per_class * k, channels, size, k, seed)
+    xte, yte = fixture_images(n_test_per_class * k, channels, size, k, seed + 1)
     for i, (a, c) in enumerate(zip(xtr, ytr)):
         wn = classes[c]; save(root/'train'/wn/('images' if layout == 'tiny_imagenet' else '')/f'{wn}_{i}.{ext}', a)
     if layout == 'tiny_imagenet':
         for wn in classes: (root/'train'/wn/f'{wn}_boxes.txt').write_text('')
         ann = []
-        for i, (a, c) in enumerate(zip(xte, yte)): save(root/'val'/'images'/f'val_{i}.{ext}', a); ann.append(f'val_{i}.{ext}\t{classes[c]}\t0\t0\t8\t8')
+        for i, (a, c) in enumerate(zip(xte, yte)):
+            save(root/'val'/'images'/f'val_{i}.{ext}', a); ann.append(f'val_{i}.{ext}\t{classes[c]}\t0\t0\t8\t8')
         (root/'val'/'val_annotations.txt').write_text('\n'.join(ann) + '\n')
-        save(root/'test'/'images'/f'test_0.{ext}', xte[0])                                    # unlabelled, ignored by the loader
-        (root/'wnids.txt').write_text('\n'.join(reversed(classes)) + '\n')                     # not sorted, as in the real file
-        (root/'words.txt').write_text(''.join(f'{wn}\tthing {i}, other name\n' for i, wn in enumerate(classes)) + 'n99999999\tunused\n')
+        # unlabelled, ignored by the loader
+        save(root/'test'/'images'/f'test_0.{ext}', xte[0])
+        # not sorted, as in the real file
+        (root/'wnids.txt').write_text('\n'.join(reversed(classes)) + '\n')
+        (root/'words.txt').write_text(''.join(f'{wn}\tthing {i}, other name\n' for i,
+                                              wn in enumerate(classes)) + 'n99999999\tunused\n')
     else:
         td = 'test' if layout == 'plain' else 'val'
         for i, (a, c) in enumerate(zip(xte, yte)): save(root/td/classes[c]/f'{i}.{ext}', a)

@@ -57,11 +57,13 @@ class RecoverWatcher(_View):
                  cell:float=0.5):             # inches per image in the grid
         self.info, self.ipc, self.every, self.cell = info, ipc, every, cell
         self.K, self.names = min(info.num_classes, max_classes), list(info.class_names[:max_classes])
-        self.max_frames = max(2, min(max_frames, int(max_mb * 2**20) // (self.K * ipc * info.channels * info.img_size[0] * info.img_size[1])))
+        self.max_frames = max(2,
+                              min(max_frames, int(max_mb * 2**20) // (self.K * ipc * info.channels * info.img_size[0] * info.img_size[1])))
         self.image = W.Image(format='png', layout=_natural()); self.image.add_class('cvdd-grid')
         self.zoom = W.Image(format='png', layout=_natural(display='none')); self.zoom.add_class('cvdd-zoom')
         self.frame = W.IntSlider(0, min=0, max=0, description='frame', continuous_update=True)
-        self.pick = W.Dropdown(options=[('all classes', -1)] + [(n, c) for c, n in enumerate(self.names)], value=-1, description='enlarge')
+        self.pick = W.Dropdown(options=[('all classes', -1)] + [(n, c) for c, n in enumerate(self.names)], value=-1,
+                               description='enlarge')
         self.status = W.HTML(_status_html(None)); self.status.add_class('cvdd-status')
         self.frame.observe(lambda ch: self.show(ch['new']), names='value')
         self.pick.observe(lambda ch: self._zoom(), names='value')
@@ -145,7 +147,8 @@ def votes_figure(names:list, priors:list, temperature:float,
                  recorded=None,               # the weights the run used (drawn as outlines)
                  terms:dict|None=None,        # dict(step=[...], ce=(steps, N), bn=(steps, N)) of this committee
                  title:str='')->Figure:
-    "Vote weights softmax(priors / T) as bars (beside the used ones), and each member's CE and BN terms over the iterations."
+    ("Vote weights softmax(priors / T) as bars (beside the used ones), and each member's CE and BN terms over the "
+     "iterations.")
     w, xs = vote_weights(priors, temperature), list(range(len(names)))
     curves = terms is not None and len(terms['step']) > 0
     fig = Figure(figsize=(8.4 if curves else 3.0, 2.5))          # fixed axes positions: fast enough to redraw live
@@ -153,14 +156,21 @@ def votes_figure(names:list, priors:list, temperature:float,
           else [fig.add_axes((0.2, 0.22, 0.75, 0.66))]
     ax = axs[0]
     ax.bar(xs, w.tolist(), color='#4c72b0', label=f'softmax(α/T), T={temperature:.3g}')
-    if recorded is not None: ax.bar(xs, [float(v) for v in recorded], fill=False, edgecolor='black', linestyle='--', label='used by the run')
+    if recorded is not None:
+        ax.bar(xs, [float(v) for v in recorded], fill=False, edgecolor='black', linestyle='--', label='used by the run')
     for x_, v in zip(xs, w.tolist()): ax.text(x_, v + 0.02, f'{v:.2f}', ha='center', fontsize=7)
     ax.set_xticks(xs, names, fontsize=7, rotation=15); ax.set_ylim(0, 1.45); ax.set_ylabel('vote weight', fontsize=8)
-    ax.tick_params(labelsize=7); ax.legend(fontsize=6, loc='upper center', ncols=2, frameon=False, handlelength=1.2, columnspacing=0.8); ax.set_title(title or 'votes', fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=6, loc='upper center', ncols=2, frameon=False, handlelength=1.2, columnspacing=0.8)
+    ax.set_title(title or 'votes', fontsize=8)
     if curves:
         for ax, key, lab in ((axs[1], 'ce', 'cross-entropy'), (axs[2], 'bn', 'BN term')):
-            for i, n in enumerate(names): ax.plot(terms['step'], terms[key][:, i].tolist(), label=n, lw=1.2, marker='.' if len(terms['step']) < 8 else None)
-            ax.set_xlabel('iteration', fontsize=7, labelpad=1); ax.set_title(lab, fontsize=8); ax.tick_params(labelsize=7)
+            for i, n in enumerate(names):
+                ax.plot(terms['step'], terms[key][:, i].tolist(), label=n, lw=1.2,
+                        marker='.' if len(terms['step']) < 8 else None)
+            ax.set_xlabel('iteration', fontsize=7, labelpad=1)
+            ax.set_title(lab, fontsize=8)
+            ax.tick_params(labelsize=7)
         axs[1].legend(fontsize=6, frameon=False)
     return fig
 
@@ -168,7 +178,8 @@ def votes_figure(names:list, priors:list, temperature:float,
 _TEMPS = (0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 7.0, 10.0, 15.0, 20.0, 30.0, 50.0, 100.0)
 
 class VoteInspector(_View):
-    "Committee, vote weights, priors and temperature per IPC index, members' loss terms over the iterations, and a temperature slider."
+    ("Committee, vote weights, priors and temperature per IPC index, members' loss terms over the iterations, and a "
+     "temperature slider.")
     def __init__(self, plan:list,             # per IPC index: dict(k, names, weights), from `committee_plan` or `Recovered.votes()`
                  priors:dict,                 # {expert name: prior alpha}
                  temperature:float=5.0,       # the T that made the plan's weights
@@ -179,13 +190,16 @@ class VoteInspector(_View):
         if missing: raise CVDDError(f'no prior for {missing}', 'give a prior for every committee member')
         self.plan, self.priors, self.temperature, self.voter, self.every, self.follow = plan, dict(priors), temperature, voter, every, follow
         self.terms, self.draws, self._last = {}, 0, None
-        self.k = W.Dropdown(options=[(f"{p['k']}: {' + '.join(p['names'])}", i) for i, p in enumerate(plan)], value=0, description='IPC index')
+        self.k = W.Dropdown(options=[(f"{p['k']}: {' + '.join(p['names'])}", i) for i, p in enumerate(plan)], value=0,
+                            description='IPC index')
         # a selection of exact values: a float slider would snap T to its step grid (and sync the snapped value back)
-        self.temp = W.SelectionSlider(options=[(f'{t:g}', t) for t in sorted({*_TEMPS, float(temperature)})], value=float(temperature), description='T')
+        self.temp = W.SelectionSlider(options=[(f'{t:g}', t) for t in sorted({*_TEMPS, float(temperature)})],
+                                      value=float(temperature), description='T')
         self.reset_t = W.Button(description=f'used T = {temperature:g}', layout=W.Layout(width='auto'))
         self.header, self.table = W.HTML(), W.HTML(); self.table.add_class('cvdd-votes')
         self.plot = W.Image(format='png', layout=_natural()); self.plot.add_class('cvdd-votes-plot')
-        self.k.observe(lambda ch: self.render(), names='value'); self.temp.observe(lambda ch: self.render(), names='value')
+        self.k.observe(lambda ch: self.render(), names='value')
+        self.temp.observe(lambda ch: self.render(), names='value')
         self.reset_t.on_click(lambda b: setattr(self.temp, 'value', self.temperature))
         self.widget = W.VBox([W.HBox([self.k, self.temp, self.reset_t]), self.header, self.table, self.plot])
         self.render()
@@ -200,15 +214,18 @@ class VoteInspector(_View):
         return vote_weights([self.priors[n] for n in self.names], self.temp.value)
 
 # %% ../nbs/07_widgets.ipynb #4d989e54
-def _from_config(pool:ExpertPool, config:RecoverConfig|dict|None=None, priors:list|None=None, data=None, **kw)->VoteInspector:
+def _from_config(pool:ExpertPool, config:RecoverConfig|dict|None=None, priors:list|None=None, data=None,
+                 **kw)->VoteInspector:
     "The inspector of the plan `recover(pool, data, config, priors=priors)` will follow."
     cfg = config if isinstance(config, RecoverConfig) else RecoverConfig.from_dict(config)
     priors = priors if priors is not None else compute_priors(pool, cfg.prior, cfg.prior_values, data)
-    return VoteInspector(committee_plan(pool, cfg, priors, data), dict(zip(pool.names, priors)), cfg.temperature, cfg.voter, **kw)
+    return VoteInspector(committee_plan(pool, cfg, priors, data), dict(zip(pool.names, priors)), cfg.temperature,
+                         cfg.voter, **kw)
 
 def _from_recovered(rec, history=None, **kw)->VoteInspector:
     "The inspector of a `Recovered` result (with the loss terms of `history`, a `History` of that run)."
-    vi = VoteInspector(rec.votes(), dict(zip(rec.experts, rec.priors)), rec.config['temperature'], rec.config['voter'], **kw)
+    vi = VoteInspector(rec.votes(), dict(zip(rec.experts, rec.priors)), rec.config['temperature'], rec.config['voter'],
+                       **kw)
     if history is not None: vi.load_history(history)
     return vi
 
@@ -267,7 +284,8 @@ _POOL_COLS = [('expert', 'name', '{}'), ('architecture', 'arch', '{}'), ('width'
 def pool_rows(pool:ExpertPool, priors:list|None=None)->list:
     "One dict per expert: name, arch, width, params, train_acc, test_acc, prior (default: its test accuracy)."
     priors = priors if priors is not None else [e.meta.test_acc for e in pool]
-    if len(priors) != len(pool): raise CVDDError(f'{len(priors)} priors for {len(pool)} experts', 'give one prior per expert')
+    if len(priors) != len(pool):
+        raise CVDDError(f'{len(priors)} priors for {len(pool)} experts', 'give one prior per expert')
     return [dict(r, prior=None if p is None else float(p)) for r, p in zip(pool.table(), priors)]
 
 def _cells(rows:list)->list:
@@ -302,14 +320,16 @@ def results_html(table,                        # a `ResultsTable`
     "The results as an HTML table with each row's gain over the random baseline with the same labels."
     rows = table.rows()
     base = {r['labels']: r['mean'] for r in rows if r['method'].startswith(baseline)}
-    head = ''.join(f'<th style="padding:2px 8px">{h}</th>' for h in ('method', 'labels', 'student', 'IPC', 'epochs', 'top-1 %', 'seeds', f'vs {baseline}'))
+    head = ''.join(f'<th style="padding:2px 8px">{h}</th>' for h in ('method', 'labels', 'student', 'IPC', 'epochs',
+                                                                     'top-1 %', 'seeds', f'vs {baseline}'))
     def tr(r):
         b, d = r['method'].startswith(baseline), r['mean'] - base[r['labels']] if r['labels'] in base else None
         gain = '' if b or d is None else f'{d:+.2f}'
         cells = [r['method'] + (' (baseline)' if b else ''), r['labels'], r['student'], '-' if r['ipc'] is None else r['ipc'], r['epochs'],
                  f"{r['mean']:.2f} ± {r['std']:.2f}", r['seeds'], gain]
         style = ' style="color:#777"' if b else ''
-        return f'<tr class="cvdd-row"{style}>' + ''.join(f'<td style="padding:2px 8px">{html.escape(str(c))}</td>' for c in cells) + '</tr>'
+        return f'<tr class="cvdd-row"{style}>' + ''.join(f'<td style="padding:2px '
+                                                         f'8px">{html.escape(str(c))}</td>' for c in cells) + '</tr>'
     title = f'<div style="font-size:12px"><b>{html.escape(table.title)}</b></div>' if table.title else ''
     return f'{title}<table class="cvdd-results" style="font-size:12px;border-collapse:collapse"><tr>{head}</tr>' + ''.join(tr(r) for r in rows) + '</table>'
 
@@ -322,4 +342,6 @@ class ResultsView(_View):
         self.widget = W.VBox([self.html, self.chart]); self.update(table)
     def update(self, table):
         "Show another table."
-        self.table = table; self.html.value = results_html(table, self.baseline); self.chart.value = fig_png(table.plot(), self.dpi)
+        self.table = table
+        self.html.value = results_html(table, self.baseline)
+        self.chart.value = fig_png(table.plot(), self.dpi)

@@ -25,11 +25,13 @@ class ZooSpec:
     dataset:str
     experts:list                  # (name, architecture, width, architecture arguments) per expert
     recipe:dict                   # `ExpertRecipe` settings shared by every expert
-    speed:dict = dataclasses.field(default_factory=dict)   # name -> recipe changes that only set speed (amp, channels_last)
+    # name -> recipe changes that only set speed (amp, channels_last)
+    speed:dict = dataclasses.field(default_factory=dict)
     holdout:int = 500             # training images per class held out for validation (never trained on)
     seed:int = 0
     snapshots:tuple = (1, 3)      # epochs after which a copy of every expert is kept
-    minutes:dict = dataclasses.field(default_factory=dict)  # name -> measured minutes per epoch (1 thread): the longest start first
+    # name -> measured minutes per epoch (1 thread): the longest start first
+    minutes:dict = dataclasses.field(default_factory=dict)
 
     def recipe_for(self, name:str)->ExpertRecipe:
         "The full recipe of expert `name`."
@@ -38,7 +40,8 @@ class ZooSpec:
 # %% ../nbs/03a_zoo.ipynb #7d19eda3
 _ARCHS28 = [('convnet', 'convnet', 1.0, {}), ('resnet18', 'resnet18', 0.25, {}), ('resnet50', 'resnet50', 0.125, {}),
             ('mobilenetv2', 'mobilenetv2', 0.25, {}), ('shufflenetv2', 'shufflenetv2', 1.0, {}), ('densenet121', 'densenet121', 0.25, {})]
-_BF16, _NHWC = dict(amp='bf16', channels_last=True), dict(channels_last=True)   # fastest per network on a 2-core CPU with AMX
+# fastest per network on a 2-core CPU with AMX
+_BF16, _NHWC = dict(amp='bf16', channels_last=True), dict(channels_last=True)
 _FAST28 = dict(convnet=_BF16, resnet18=_BF16, resnet50=_BF16, mobilenetv2=_NHWC, shufflenetv2=_NHWC, densenet121=_BF16)
 _MIN28 = dict(convnet=1.0, resnet18=0.9, resnet50=2.0, mobilenetv2=3.0, shufflenetv2=2.8, densenet121=6.1)
 ZOO = dict(
@@ -54,7 +57,8 @@ def git_commit(repo:str|Path|None=None,      # the repository (default: the one 
     if os.environ.get('CVDD_COMMIT'): return os.environ['CVDD_COMMIT']     # a copy of the tree without .git
     repo = Path(repo or Path(cvdd_nb.__file__).resolve().parent.parent)
     try:
-        git = lambda *a: subprocess.run(['git', *a], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+        git = lambda *a: subprocess.run(['git', *a], cwd=repo, capture_output=True, text=True,
+                                        check=True).stdout.strip()
         dirty = git('status', '--porcelain', '--untracked-files=no', '--', *paths)
         return git('rev-parse', '--short', 'HEAD') + ('+uncommitted changes' if dirty else '')
     except Exception: return 'unknown'
@@ -110,7 +114,8 @@ def build_zoo(dataset:str,                    # a key of `ZOO`
     "Train (or resume) the zoo pool of `dataset`; save it, its snapshot pools and the zoo README."
     spec = spec or ZOO[check_choice('zoo dataset', dataset, ZOO)]
     out = Path(out or zoo_root()); work = Path(work or out/'.build')
-    todo = sorted((i for i, e in enumerate(spec.experts) if not only or e[0] in only), key=lambda i: -spec.minutes.get(spec.experts[i][0], 0))
+    todo = sorted((i for i, e in enumerate(spec.experts) if not only or e[0] in only),
+                  key=lambda i: -spec.minutes.get(spec.experts[i][0], 0))
     threads = threads or max(1, (os.cpu_count() or 1) // max(1, jobs))
     lock = FolderLock(work/spec.dataset)                  # one build of a pool at a time
     try: _train_all(spec, todo, out, work, jobs, threads, command, device, quiet)
@@ -133,7 +138,8 @@ def save_zoo_pools(spec:ZooSpec, out:str|Path)->ExpertPool|None:
     out = Path(out); dirs = [_expert_dirs(out, spec, n) for n, *_ in spec.experts]
     if not all((d[k]/'expert.json').exists() for d in dirs for k in d): return None
     for k in ['final', *spec.snapshots]:
-        pool = ExpertPool([Expert.load(d[k]) for d in dirs])        # each expert is in its folder already: write the index
+        # each expert is in its folder already: write the index
+        pool = ExpertPool([Expert.load(d[k]) for d in dirs])
         pool.save(out/spec.dataset if k == 'final' else out/spec.dataset/f'e{k}', index_only=True)
     write_zoo_readme(out)
     return ExpertPool.load(out/spec.dataset)
@@ -151,10 +157,12 @@ def _acc(e:Expert|None, k='test_acc')->str:
 
 # %% ../nbs/03a_zoo.ipynb #163d0021
 def _made_by(pool:ExpertPool)->str:
-    "Which command at which commit made which experts (a build resumed at a later commit names both), and the time it took."
+    ("Which command at which commit made which experts (a build resumed at a later commit names both), and the time it "
+     "took.")
     by = {}
     for e in pool: by.setdefault((e.meta.origin.get('command', ''), e.meta.origin.get('commit', '')), []).append(e.name)
-    made = '; '.join(f'`{c}` at commit `{k}`' + (f' ({", ".join(n)})' if len(by) > 1 else '') for (c, k), n in by.items())
+    made = '; '.join(f'`{c}` at commit `{k}`' + (f' ({", ".join(n)})' if len(by) > 1 else '') for (c, k),
+                     n in by.items())
     mins = sum(e.meta.seconds for e in pool) / 60
     return f'Made by {made}. Training time: {mins:.0f} min of single-thread processes in all (the build runs two at a time on two cores).'
 
@@ -172,9 +180,11 @@ def zoo_markdown(root:str|Path|None=None)->str:
         m = pool.experts[0].meta; r = m.recipe
         parts += [f'## {ds}', '', f'Hold-out: {m.holdout["per_class"]} training images per class (seed {m.holdout["seed"]}), '
                   f'{r["epochs"]} epochs, {r["optimizer"]} lr {r["lr"]:g}, weight decay {r["weight_decay"]:g}, batch {r["batch_size"]}, '
-                  f'{r["schedule"]}, {r["augment"]} (pad {r["pad"]})' + (f', label smoothing {r["label_smoothing"]:g}' if r.get('label_smoothing') else '') +
+                  f'{r["schedule"]}, {r["augment"]} (pad {r["pad"]})' + (f', label smoothing '
+                                                                         f'{r["label_smoothing"]:g}' if r.get('label_smoothing') else '') +
                   f'. {_made_by(pool)}', '',
-                  _row(['expert', 'architecture', 'width', 'params', 'test', 'valid', *(f'test @e{k}' for k in snaps), 'train min', 'trained on']),
+                  _row(['expert', 'architecture', 'width', 'params', 'test', 'valid', *(f'test @e{k}' for k in snaps),
+                        'train min', 'trained on']),
                   '|---' * (8 + len(snaps)) + '|']
         for e in pool:
             sn = [_acc(p[e.name] if e.name in p.names else None) for p in snaps.values()]
