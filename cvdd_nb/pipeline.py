@@ -470,7 +470,7 @@ def pool_dir(out:Path, ref:str)->Path:
 def _open_run(config, out)->tuple:
     ("(config, data, locked RunDir) of a run, after every check that needs no work: the folder's config, the pool, the "
      "budget.")
-    cfg = config if isinstance(config, RunConfig) else RunConfig.from_dict(config) if isinstance(config, dict) else load_config(config)
+    cfg = RunConfig.coerce(config) if isinstance(config, (RunConfig, dict)) else load_config(config)   # a TOML file, or None
     out = Path(out or Path('runs')/cfg.name)
     old = out/'manifest.json'
     if old.exists() and load_json(old).get('config') not in (None, cfg.to_dict()):

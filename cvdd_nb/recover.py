@@ -644,6 +644,20 @@ def after_step(self:_Run, gi, group, states, step, lr, loss, ce, bn, names, vote
     if self.checkpoints is not None and step % cfg.checkpoint_every == 0 and step < T:
         self.save_progress(gi, group, states, step)
 
+# %% ../nbs/04_recover.ipynb #cd713ae7
+@patch
+def finish_group(self:_Run, group:list, states:list, ce_img:torch.Tensor, bn:torch.Tensor)->dict:
+    "Each unit's final images and terms, checkpointed as finished; the group's progress file goes."
+    n, res = len(group[0].classes), {}
+    for j, (u, s) in enumerate(zip(group, states)):
+        res[u.key] = dict(x=s.x.detach().cpu(), ce=ce_img[:, j * n:(j + 1) * n].cpu(), bn=bn[:, j].cpu())
+        if self.checkpoints is not None:
+            atomic_write(self.checkpoints/f'{u.key}.safetensors',
+                         st_save({k: v.contiguous() for k, v in res[u.key].items()}))
+    if self.checkpoints is not None and (self.checkpoints/self.progress_file).exists():
+        (self.checkpoints/self.progress_file).unlink()
+    return res
+
 # %% ../nbs/04_recover.ipynb #e9970c8d
 @patch
 def run_group(self:_Run, gi:int, group:list, bank)->dict:
@@ -671,20 +685,6 @@ def run_group(self:_Run, gi:int, group:list, bank)->dict:
             xf = torch.cat([s.x for s in states])
             _, ce_img, bn = committee_loss(models, votes, xf, y, members, LossTerms.of(self.cfg), hooks, per_image=True)
     return self.finish_group(group, states, ce_img, bn)
-
-# %% ../nbs/04_recover.ipynb #cd713ae7
-@patch
-def finish_group(self:_Run, group:list, states:list, ce_img:torch.Tensor, bn:torch.Tensor)->dict:
-    "Each unit's final images and terms, checkpointed as finished; the group's progress file goes."
-    n, res = len(group[0].classes), {}
-    for j, (u, s) in enumerate(zip(group, states)):
-        res[u.key] = dict(x=s.x.detach().cpu(), ce=ce_img[:, j * n:(j + 1) * n].cpu(), bn=bn[:, j].cpu())
-        if self.checkpoints is not None:
-            atomic_write(self.checkpoints/f'{u.key}.safetensors',
-                         st_save({k: v.contiguous() for k, v in res[u.key].items()}))
-    if self.checkpoints is not None and (self.checkpoints/self.progress_file).exists():
-        (self.checkpoints/self.progress_file).unlink()
-    return res
 
 # %% ../nbs/04_recover.ipynb #d1e9afdd
 @patch

@@ -365,10 +365,9 @@ def images_fingerprint(images:torch.Tensor)->str:
     "A short hash of the images' values (labels are only valid for the images they were made for)."
     return hashlib.sha256(images.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
-# %% ../nbs/05_relabel.ipynb #e4808a7a
+# %% ../nbs/05_relabel.ipynb #12edd7a8
 STORE_FILE, STORE_JSON = 'labels.safetensors', 'labels.json'
 
-# %% ../nbs/05_relabel.ipynb #12edd7a8
 class LabelStore:
     "Replay parameters and committee logits of every (epoch, batch) of a run, kept in one safetensors file."
     def __init__(self, tensors:dict, meta:dict):
@@ -453,11 +452,10 @@ def save(self:LabelStore, path:str|Path)->Path:
     self.path = path
     return path
 
-# %% ../nbs/05_relabel.ipynb #133d1508
+# %% ../nbs/05_relabel.ipynb #66f2a9f7
 _STORE_FIELDS = dict(config=dict, n=int, num_classes=int, teachers=list, weights=list, images=str)
 _STORE_KEYS = ('order', 'crops', 'flips', 'perm', 'lam', 'box')
 
-# %% ../nbs/05_relabel.ipynb #66f2a9f7
 @patch(cls_method=True)
 def load(cls:LabelStore, path:str|Path)->LabelStore:
     "Read a `LabelStore` saved with `save`."
@@ -492,9 +490,6 @@ def _put(tensors, e, b, s, a:BatchAug, z:dict):
     tensors['perm'][e, s:s + n], tensors['lam'][e, b], tensors['box'][e, b] = a.perm.to(tensors['perm'].dtype), a.lam, a.box.to(torch.int16)
     for k, v in z.items(): tensors[k][e, s:s + n] = v.cpu()
 
-# %% ../nbs/05_relabel.ipynb #375d3d81
-PARTIAL = 'partial'   # relabel's per-epoch checkpoints, inside the output folder until the store is written
-
 # %% ../nbs/05_relabel.ipynb #ea08dac8
 def _relabel_fingerprint(cfg:RelabelConfig, images:torch.Tensor, com, K:int)->dict:
     "What a store's labels depend on (for resuming safely)."
@@ -502,6 +497,8 @@ def _relabel_fingerprint(cfg:RelabelConfig, images:torch.Tensor, com, K:int)->di
                                       teachers=com.names, weights=com.weights.tolist())))
 
 # %% ../nbs/05_relabel.ipynb #13a230a0
+PARTIAL = 'partial'   # relabel's per-epoch checkpoints, inside the output folder until the store is written
+
 def _resume_epochs(part:Path|None, fingerprint:dict, tensors:dict)->set:
     "Epochs already labelled in checkpoint folder `part`, copied into `tensors` (an unreadable file is labelled again)."
     if part is None: return set()

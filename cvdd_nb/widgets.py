@@ -217,7 +217,7 @@ class VoteInspector(_View):
 def _from_config(pool:ExpertPool, config:RecoverConfig|dict|None=None, priors:list|None=None, data=None,
                  **kw)->VoteInspector:
     "The inspector of the plan `recover(pool, data, config, priors=priors)` will follow."
-    cfg = config if isinstance(config, RecoverConfig) else RecoverConfig.from_dict(config)
+    cfg = RecoverConfig.coerce(config)
     priors = priors if priors is not None else compute_priors(pool, cfg.prior, cfg.prior_values, data)
     return VoteInspector(committee_plan(pool, cfg, priors, data), dict(zip(pool.names, priors)), cfg.temperature,
                          cfg.voter, **kw)
