@@ -128,8 +128,8 @@ class LossTerms:
 # %% ../nbs/04a_committee.ipynb #ff893e93
 def _rows(xu:torch.Tensor, rows:list, x:torch.Tensor)->torch.Tensor:
     "The images of units `rows` of the batch `x` (viewed as units `xu`), in `x`'s memory format."
-    cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    return xu[rows].flatten(0, 1).contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+    nhwc = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return xu[rows].flatten(0, 1).contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
 
 # %% ../nbs/04a_committee.ipynb #26dabcf0
 def committee_loss(models:list,             # every expert the batch uses (eval mode, frozen)

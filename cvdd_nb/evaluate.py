@@ -162,7 +162,7 @@ def _save_student(path, key:dict, model:nn.Module, opt, hist:list, seconds:float
 def _resume_student(path, key:dict|None, model:nn.Module, opt)->tuple:
     "(first epoch, history, seconds so far) from a checkpoint (loaded with weights_only=True), or a fresh start."
     if path is None or not Path(path).exists(): return 0, [], 0.0
-    try: ck = torch.load(path, map_location='cpu', weights_only=True)
+    try: saved = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:        # it holds more than tensors: refused, and left for the user to look at
         raise CVDDError(f'student checkpoint {path} cannot be read (UnpicklingError: it holds more than tensors and '
                         f'numbers)', 'delete it to train that student again') from None
@@ -170,11 +170,11 @@ def _resume_student(path, key:dict|None, model:nn.Module, opt)->tuple:
         warnings.warn(f'student checkpoint {path} is unreadable ({type(e).__name__}); that student is trained again '
                       f'from epoch 0', RuntimeWarning)
         return 0, [], 0.0
-    if not isinstance(ck, dict) or ck.get('key') != key:
+    if not isinstance(saved, dict) or saved.get('key') != key:
         raise CVDDError(f'student checkpoint {path} belongs to another student (settings, seed, images or labels '
                         f'differ)', 'delete it, or use another folder')
-    model.load_state_dict(ck['model']); opt.load_state_dict(ck['opt']); torch.set_rng_state(ck['rng'])
-    return len(ck['hist']), list(ck['hist']), float(ck['seconds'])
+    model.load_state_dict(saved['model']); opt.load_state_dict(saved['opt']); torch.set_rng_state(saved['rng'])
+    return len(saved['hist']), list(saved['hist']), float(saved['seconds'])
 
 # %% ../nbs/06_evaluate.ipynb #e3fe60e1
 def train_student(images:torch.Tensor,       # normalised float images (N, C, H, W)
@@ -195,8 +195,8 @@ def train_student(images:torch.Tensor,       # normalised float images (N, C, H,
                         f'relabel with epochs >= {cfg.epochs}, or train fewer epochs')
     if isinstance(source, LabelStore): source.check(images)
     device = get_device(device); set_seed(seed)
-    cl = resolve_auto(cfg.channels_last, 'channels_last', device.type == 'cuda')
-    model = _student(cfg, info).to(device, memory_format=torch.channels_last if cl else torch.preserve_format)
+    nhwc = resolve_auto(cfg.channels_last, 'channels_last', device.type == 'cuda')
+    model = _student(cfg, info).to(device, memory_format=torch.channels_last if nhwc else torch.preserve_format)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
     x_all, y_all, hist, t0 = images.detach().to(device), labels.to(device), [], time.perf_counter()
     key = _student_key(cfg, seed, images, labels, hard) if checkpoint is not None else None
@@ -205,7 +205,7 @@ def train_student(images:torch.Tensor,       # normalised float images (N, C, H,
     step = step_class(model, opt, cfg, hard, device)
     for e in progress(range(first, cfg.epochs), desc=f'student {cfg.student}', disable=quiet or None, initial=first,
                       total=cfg.epochs):
-        hist.append(student_epoch(model, opt, source, x_all, y_all, e, cfg, hard, step, cl, test, info))
+        hist.append(student_epoch(model, opt, source, x_all, y_all, e, cfg, hard, step, nhwc, test, info))
         tally('student_epochs')
         if checkpoint is not None: _save_student(checkpoint, key, model, opt, hist, time.perf_counter() - t0)
     acc = evaluate_model(model, test, info, cfg.eval_batch, device) if test is not None else None
@@ -275,7 +275,7 @@ def _seed_run(images, labels, info, src, cfg, seed, test, hard, device, quiet, o
     if out is None:
         r = train_student(images, labels, info, src, cfg, seed, test, hard, device, quiet)
         return dict(acc=r.acc, seconds=r.seconds)
-    out = Path(out); f, ck = out/f'seed{seed}.json', out/f'seed{seed}.pt'
+    out = Path(out); f, checkpoint_file = out/f'seed{seed}.json', out/f'seed{seed}.pt'
     key = dict(student=_student_key(cfg, seed, images, labels, hard), labels=lab,
                test=len(test) if test is not None else None)
     if f.exists():
@@ -284,8 +284,10 @@ def _seed_run(images, labels, info, src, cfg, seed, test, hard, device, quiet, o
             raise CVDDError(f'{f} holds the result of another student (settings, seed, images or labels differ)',
                             'use another folder, or delete it')
         return d
-    r = train_student(images, labels, info, src, cfg, seed, test, hard, device, quiet, checkpoint=ck)
-    d = dict(key=key, seed=seed, acc=r.acc, seconds=round(r.seconds, 3)); save_json(f, d); ck.unlink(missing_ok=True)
+    r = train_student(images, labels, info, src, cfg, seed, test, hard, device, quiet, checkpoint=checkpoint_file)
+    d = dict(key=key, seed=seed, acc=r.acc, seconds=round(r.seconds, 3))
+    save_json(f, d)
+    checkpoint_file.unlink(missing_ok=True)
     return d
 
 # %% ../nbs/06_evaluate.ipynb #b6f4770f

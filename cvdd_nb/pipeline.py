@@ -470,7 +470,8 @@ def pool_dir(out:Path, ref:str)->Path:
 def _open_run(config, out)->tuple:
     ("(config, data, locked RunDir) of a run, after every check that needs no work: the folder's config, the pool, the "
      "budget.")
-    cfg = RunConfig.coerce(config) if isinstance(config, (RunConfig, dict)) else load_config(config)   # a TOML file, or None
+    # a TOML file, or None
+    cfg = RunConfig.coerce(config) if isinstance(config, (RunConfig, dict)) else load_config(config)
     out = Path(out or Path('runs')/cfg.name)
     old = out/'manifest.json'
     if old.exists() and load_json(old).get('config') not in (None, cfg.to_dict()):

@@ -286,7 +286,8 @@ def plan_units(plan:list, num_classes:int, classes_per_chunk:int=0)->list:
     "Work units, IPC index by IPC index, chunk by chunk."
     c = classes_per_chunk or num_classes
     chunks = [list(range(i, min(i + c, num_classes))) for i in range(0, num_classes, c)]
-    return [Unit(p['k'], ci, cl, tuple(p['members']), p['weights']) for p in plan for ci, cl in enumerate(chunks)]
+    return [Unit(p['k'], ci, classes, tuple(p['members']), p['weights']) for p in plan for ci,
+            classes in enumerate(chunks)]
 
 # %% ../nbs/04_recover.ipynb #57f2f636
 def plan_groups(units:list, grouped:bool=False, max_group:int=0,

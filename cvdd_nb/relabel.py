@@ -181,7 +181,7 @@ def to(self:Committee, device):
 
 # %% ../nbs/05_relabel.ipynb #9a9d6a75
 @patch
-def cl(self:Committee, device)->bool:
+def uses_channels_last(self:Committee, device)->bool:
     "Whether the teachers run in channels-last memory on `device`."
     return resolve_auto(self.channels_last, 'channels_last', torch.device(device).type == 'cuda')
 
@@ -189,22 +189,23 @@ def cl(self:Committee, device)->bool:
 @patch
 @contextmanager
 def placed(self:Committee, device):
-    "Within the block the teachers sit on `device` (channels-last where `cl`); then they go back as they were."
+    ("Within the block the teachers sit on `device` (channels-last where `uses_channels_last`); then they go back as "
+     "they were.")
     device, prev = torch.device(device), [next(m.parameters()).device for m in self.models]
-    cl = self.cl(device)
+    nhwc = self.uses_channels_last(device)
     try:
-        for m in self.models: m.to(device, memory_format=torch.channels_last if cl else torch.preserve_format)
+        for m in self.models: m.to(device, memory_format=torch.channels_last if nhwc else torch.preserve_format)
         yield self
     finally:
         for m, d in zip(self.models, prev):
-            m.to(d, memory_format=torch.contiguous_format if cl else torch.preserve_format)
+            m.to(d, memory_format=torch.contiguous_format if nhwc else torch.preserve_format)
 
 # %% ../nbs/05_relabel.ipynb #2599a18a
 @patch
 @torch.no_grad()
 def __call__(self:Committee, x:torch.Tensor)->torch.Tensor:
     "The committee's float32 logits on the batch `x`."
-    if self.cl(x.device): x = x.contiguous(memory_format=torch.channels_last)
+    if self.uses_channels_last(x.device): x = x.contiguous(memory_format=torch.channels_last)
     z = None
     for w, m in zip(self.weights.tolist(), self.models):
         l = w * teacher_logits(m, x, self.sub_batch, self.bssl)
