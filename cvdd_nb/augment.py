@@ -108,7 +108,8 @@ def augment_batch(xs:list, params:list)->torch.Tensor:
     "Augment the segments `xs` of a grouped batch, each with its own `AugParams`, into one batch."
     if params[0].shared: return torch.cat([apply_augment(x, p) for x, p in zip(xs, params)])
     return apply_augment(torch.cat(xs),
-                         AugParams(*(torch.cat([getattr(p, f) for p in params]) for f in ('boxes', 'flips', 'shifts')), False))
+                         AugParams(*(torch.cat([getattr(p, f) for p in params]) for f in ('boxes', 'flips', 'shifts')),
+                                   False))
 
 # %% ../nbs/04b_augment.ipynb #16e68ea6
 def seeded_rng(*parts)->np.random.Generator: return np.random.default_rng([int(p) for p in parts])
@@ -150,7 +151,8 @@ class BatchAug:
     def same(self, o:BatchAug)->bool:
         "True if `o` holds exactly the same choices."
         return (self.mix == o.mix and self.lam == o.lam and
-                all(torch.equal(getattr(self, k).cpu(), getattr(o, k).cpu()) for k in ('idx', 'crops', 'flips', 'perm', 'box')))
+                all(torch.equal(getattr(self, k).cpu(),
+                                getattr(o, k).cpu()) for k in ('idx', 'crops', 'flips', 'perm', 'box')))
 
 # %% ../nbs/04b_augment.ipynb #25cb6633
 def draw_batch(idx:torch.Tensor,          # the batch's image indices

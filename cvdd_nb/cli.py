@@ -71,7 +71,8 @@ def experts_train(args):
     data = load_dataset(args.dataset, root=args.root)
     archs = [parse_arch_spec(a) for a in args.arch]
     t0 = time.perf_counter()
-    pool = train_pool(archs, data, args.out, ExpertRecipe(epochs=args.epochs, batch_size=args.batch_size), seed=args.seed, device=args.device,
+    pool = train_pool(archs, data, args.out, ExpertRecipe(epochs=args.epochs, batch_size=args.batch_size),
+                      seed=args.seed, device=args.device,
                       quiet=args.quiet)
     print(f'\nExpert pool on {data.info.name} ({len(data.train)} train / {len(data.test)} test images), '
           f'{time.perf_counter() - t0:.0f} s, saved in {args.out}\n')
@@ -83,7 +84,8 @@ def experts_zoo(args):
     "Rebuild (or resume) a zoo pool: `cvdd experts train --zoo DATASET`."
     command = 'cvdd ' + ' '.join(shlex.quote(a) for a in args.argv)
     t0 = time.perf_counter()
-    pool = build_zoo(args.zoo, out=args.out, work=args.work, jobs=args.jobs, threads=args.threads, only=args.only, command=command,
+    pool = build_zoo(args.zoo, out=args.out, work=args.work, jobs=args.jobs, threads=args.threads, only=args.only,
+                     command=command,
                      device=args.device, quiet=args.quiet)
     print(f'zoo {args.zoo}: {time.perf_counter() - t0:.0f} s')
     if pool is not None: print(pool.to_markdown())
@@ -118,7 +120,8 @@ SET_LAYOUTS = ('reference', 'imagefolder', 'ddranking')   # what `cvdd sets expo
 def _add_sets(sub):
     "The `cvdd sets` group: import, export, evaluate."
     ss = sub.add_parser('sets',
-                        help="import, export or evaluate distilled sets (the reference's files, ImageFolder, DD-Ranking)")
+                        help="import, export or evaluate distilled sets (the reference's files, ImageFolder, "
+                        "DD-Ranking)")
     ss = ss.add_subparsers(dest='sets_cmd', required=True)
     def data(p):
         p.add_argument('--dataset', required=True,
@@ -130,7 +133,8 @@ def _add_sets(sub):
                        help='a set folder (`cvdd sets import`), a run folder, or a run\'s recover/<method>/')
         p.add_argument('--method', default='cvdd', help="with a run folder: which method's images (cvdd, sre2l++)")
     i = ss.add_parser('import',
-                      help="an image folder (the reference's or an ImageFolder), with the reference's soft labels, as a set")
+                      help="an image folder (the reference's or an ImageFolder), with the reference's soft labels, as "
+                      "a set")
     i.add_argument('folder', metavar='FOLDER',
                    help='new{c:03d}/class{c:03d}_id{k:03d}.{jpg,png} or <class>/<image> files')
     data(i)
@@ -140,7 +144,8 @@ def _add_sets(sub):
     i.add_argument('--name', default='imported', help='the method name in tables')
     i.add_argument('--out', required=True, help='the set folder to write (new or empty)')
     e = ss.add_parser('export',
-                      help="a set as the reference's image folder (and label files), an ImageFolder, or DD-Ranking's tensors")
+                      help="a set as the reference's image folder (and label files), an ImageFolder, or DD-Ranking's "
+                      "tensors")
     one_set(e); e.add_argument('--layout', required=True, choices=SET_LAYOUTS)
     e.add_argument('--fmt', default='png', choices=FORMATS,
                    help='image files: png (lossless) or jpg (what the reference writes)')
@@ -159,7 +164,8 @@ def _add_sets(sub):
     v.add_argument('--device', default=None)
 
 # %% ../nbs/10_cli.ipynb #652a74c4
-def load_set(path:str|Path,        # a set folder (`DistilledSet.save`), a run folder, or a run's recover/<method>/ folder
+def load_set(path:str|Path,
+             # a set folder (`DistilledSet.save`), a run folder, or a run's recover/<method>/ folder
              method:str='cvdd'     # with a run folder: which method's images
              )->DistilledSet:
     "The distilled set at `path`, with its stored soft labels where there are any."
@@ -167,7 +173,8 @@ def load_set(path:str|Path,        # a set folder (`DistilledSet.save`), a run f
     if (p/'distilled.json').exists(): return DistilledSet.load(p)
     rec = p if (p/'recovered.json').exists() else p/'recover'/method
     if not (rec/'recovered.json').exists():
-        raise CVDDError(f'{p} is neither a distilled set (no distilled.json) nor a run folder (no recover/{method}/recovered.json)',
+        raise CVDDError(f'{p} is neither a distilled set (no distilled.json) nor a run folder (no '
+                        f'recover/{method}/recovered.json)',
                         'point at a folder written by `cvdd sets import` (or DistilledSet.save), or at a run folder')
     ds, labels = DistilledSet.from_recovered(Recovered.load(rec)), rec.parent.parent/'labels'/rec.name
     if (labels/STORE_JSON).exists():
@@ -191,7 +198,8 @@ def folder_fits(root:str|Path,     # an image folder (any layout) or a run folde
     if (classes, h, w) == (K, H, W): return
     inner = next((d for d in sorted(root.iterdir()) if d.is_dir() and any(s.is_dir() for s in d.iterdir())),
                  None) if classes != K else None
-    fix = (f'point at the folder whose sub-folders are the classes, e.g. {inner}' if inner else 'pass the --dataset the images were distilled from'
+    fix = (f'point at the folder whose sub-folders are the classes, e.g. {inner}' if inner else 'pass the --dataset '
+           'the images were distilled from'
            + (f' (an image-folder dataset: with --img-size {h})' if (h, w) != (H, W) else ''))
     raise CVDDError(f'{root} holds {classes} class{"es" * (classes != 1)} of {h}x{w} images; {info.name} has {K} '
                     f'classes of {H}x{W} images', fix)
@@ -217,7 +225,8 @@ def sets_import(args)->DistilledSet:
     ds.save(out); src, st = ds.config['source'], ds.store
     print(f'{len(ds)} images of {data.info.name} ({data.info.num_classes} classes, IPC {ds.ipc}, {src["layout"]} '
           f'layout) from {src["folder"]}')
-    print(f"labels: the reference's soft labels, {st.epochs} epochs in batches of {st.config.batch_size} ({st.config.mix})" if st is not None
+    print(f"labels: the reference's soft labels, {st.epochs} epochs in batches of {st.config.batch_size} "
+          f"({st.config.mix})" if st is not None
           else "labels: none stored (add --fkd DIR for the reference's soft labels)")
     print(f'saved in {out}')
     return ds
@@ -231,10 +240,13 @@ def fkd_exportable(ds:DistilledSet, where)->LabelStore:
         raise CVDDError(f'{where} holds no stored soft labels',
                         "export without --fkd, or import the set with --fkd DIR (the reference's label files)")
     if st.meta.get('order') != 'torch':
-        raise CVDDError(f"{where}'s soft labels follow the kit's own image order; the reference's trainer would give them to other images",
-                        "export without --fkd (the reference relabels its images itself), or relabel in Python with relabel(..., order='torch')")
+        raise CVDDError(f"{where}'s soft labels follow the kit's own image order; the reference's trainer would give "
+                        f"them to other images",
+                        "export without --fkd (the reference relabels its images itself), or relabel in Python with "
+                        "relabel(..., order='torch')")
     if ds.ipc is None or not bool((ds.labels[1:] >= ds.labels[:-1]).all()):
-        raise CVDDError(f"{where}'s images are not stored class by class with IPC images each, the order the reference's trainer reads",
+        raise CVDDError(f"{where}'s images are not stored class by class with IPC images each, the order the "
+                        f"reference's trainer reads",
                         'export without --fkd')
     return st
 
@@ -279,7 +291,8 @@ def same_dataset(a:DatasetInfo,    # the set's dataset, as recorded in the set
     "Raise a `CVDDError` unless `a` and `b` agree on name, classes, image shape and normalisation."
     keys = ('name', 'num_classes', 'class_names', 'channels', 'img_size', 'mean', 'std')
     diff = [k for k in keys if json.dumps(getattr(a, k)) != json.dumps(getattr(b, k))]
-    if diff: raise CVDDError(f'{where} was made for {a.name}; the --dataset {b.name} given differs in {", ".join(diff)}',
+    if diff: raise CVDDError(f'{where} was made for {a.name}; the --dataset {b.name} given differs in '
+                             f'{", ".join(diff)}',
                              f'pass --dataset {a.name} (with the --root and --img-size the set was imported with)')
 
 # %% ../nbs/10_cli.ipynb #402538a3
@@ -293,7 +306,8 @@ def sets_evaluate(args)->EvalResult:
                         "import the set with --fkd DIR (the reference's label files)")
     _, arch, width = parse_arch_spec(args.student)
     cfg = EvalConfig(student=arch, width=width, epochs=args.epochs or ds.store.epochs)
-    r = evaluate_set(ds.images, ds.labels, ds.info, data.test, config=cfg, seeds=tuple(args.seeds), store=ds.store, method=ds.method,
+    r = evaluate_set(ds.images, ds.labels, ds.info, data.test, config=cfg, seeds=tuple(args.seeds), store=ds.store,
+                     method=ds.method,
                      device=args.device, quiet=args.quiet)
     print(ResultsTable([r],
                        f'{args.set} on the real {data.info.name} test set ({len(data.test)} images)').to_markdown())
@@ -321,7 +335,8 @@ def build_parser()->argparse.ArgumentParser:
                             help='a whole run from a config: experts, priors, recover, relabel, evaluate, report'))
     for st in ('recover', 'relabel', 'evaluate'): _add_run(sub.add_parser(st, help=f'a run up to and including {st}'))
     sh = sub.add_parser('show', help="print a finished run's accuracy table"); sh.add_argument('run', help='run folder')
-    ex = sub.add_parser('experts', help='train, list, check or import expert pools').add_subparsers(dest='experts_cmd', required=True)
+    ex = sub.add_parser('experts',
+                        help='train, list, check or import expert pools').add_subparsers(dest='experts_cmd', required=True)
     t = ex.add_parser('train', help='train (or resume) a pool of experts')
     _add_data(t)
     t.add_argument('--arch', nargs='+', default=DEMO_POOL,

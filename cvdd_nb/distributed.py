@@ -80,7 +80,8 @@ def free_port()->int:
 
 def run_rank(rank:int, fn, nprocs:int, port:int, threads:int, args:tuple, kw:dict, out:str):
     "What `launch_local` runs in each new process: join the local group as `rank`, call `fn`, save its result in `out`."
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(nprocs), LOCAL_RANK=str(rank), MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port),
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(nprocs), LOCAL_RANK=str(rank), MASTER_ADDR='127.0.0.1',
+                      MASTER_PORT=str(port),
                       OMP_NUM_THREADS=str(threads), CVDD_PROGRESS='0', CUDA_VISIBLE_DEVICES='')      # CPU processes
     torch.set_num_threads(threads)
     env = init_distributed(device='cpu')
@@ -120,7 +121,8 @@ def distributed_recover(pool:ExpertPool, data:Data,
 # %% ../nbs/09_distributed.ipynb #daec92d1
 def distributed_relabel(images:torch.Tensor, teachers, info:DatasetInfo,
                         config:RelabelConfig|dict|None=None, priors=None, names:list|None=None,
-                        out:str|Path|None=None,      # folder to save the store into (rank 0); each rank checkpoints its epochs there
+                        out:str|Path|None=None,
+                        # folder to save the store into (rank 0); each rank checkpoints its epochs there
                         device=None, quiet:bool=True,
                         env:DistEnv|None=None)->LabelStore:
     "`relabel`, with the epochs shared among the processes of the group; every rank returns the whole store."
@@ -154,7 +156,8 @@ def __call__(self:DDPStudentStep, x, z, y, y2, lam)->torch.Tensor:
     n, sizes = len(x), split_sizes(len(x), self.cfg.micro_batch)
     starts = [sum(sizes[:j]) for j in range(len(sizes))]
     mine = [j for j in range(len(sizes)) if j % env.world_size == env.rank]
-    plan, saved = mine or [0], [(b.running_mean.clone(), b.running_var.clone(), b.num_batches_tracked.clone()) for b in bns]
+    plan, saved = mine or [0], [(b.running_mean.clone(), b.running_var.clone(),
+                                 b.num_batches_tracked.clone()) for b in bns]
     contrib, total = {}, torch.zeros((), device=device)
     for i, j in enumerate(plan):
         sl, m = slice(starts[j], starts[j] + sizes[j]), sizes[j]
@@ -189,7 +192,8 @@ def ddp_train_student(images:torch.Tensor, labels:torch.Tensor, info:DatasetInfo
      "student.")
     env = env or init_distributed()
     if not env.active: return train_student(images, labels, info, source, config, seed, test, hard, device, quiet)
-    return train_student(images, labels, info, source, config, seed, test, hard, device or env.device, quiet or not env.main,
+    return train_student(images, labels, info, source, config, seed, test, hard, device or env.device,
+                         quiet or not env.main,
                          step_class=functools.partial(DDPStudentStep, env))
 
 # %% ../nbs/09_distributed.ipynb #77f466e5
@@ -281,7 +285,8 @@ def main(argv:list|None=None)->int:
             if env.main: print(f'{rec!r} -> {args.out} ({env.world_size} process(es))')
         else:
             rec = Recovered.load(args.recovered)
-            st = distributed_relabel(rec.images, pool, rec.info, _settings(args), priors=rec.priors if len(rec.priors) == len(pool) else None,
+            st = distributed_relabel(rec.images, pool, rec.info, _settings(args),
+                                     priors=rec.priors if len(rec.priors) == len(pool) else None,
                                      out=args.out, quiet=args.quiet, env=env)
             if env.main: print(f'{st!r} -> {args.out} ({env.world_size} process(es))')
     except CVDDError as e:

@@ -149,7 +149,8 @@ def student_epoch(model:nn.Module, opt, source,     # the student, its optimiser
 # %% ../nbs/06_evaluate.ipynb #b8cc2be3
 def _student_key(cfg:EvalConfig, seed:int, images, labels, hard:bool)->dict:
     "What a student checkpoint belongs to."
-    return dict(config=json.dumps(cfg.to_dict(), sort_keys=True), seed=str(seed), hard=str(hard), images=images_fingerprint(images),
+    return dict(config=json.dumps(cfg.to_dict(), sort_keys=True), seed=str(seed), hard=str(hard),
+                images=images_fingerprint(images),
                 labels=images_fingerprint(labels.float()))
 
 def _save_student(path, key:dict, model:nn.Module, opt, hist:list, seconds:float):
@@ -265,7 +266,8 @@ def evaluate_set(images:torch.Tensor, labels:torch.Tensor, info:DatasetInfo,
                                                                           com.weights.tolist()) if com is not None else (None, None)
     lab = None if hard else json.loads(json.dumps(dict(config=src.config.to_dict(), teachers=tw[0], weights=tw[1])))
     runs = [_seed_run(images, labels, info, src, cfg, s, test, hard, device, quiet, out, lab) for s in seeds]
-    return EvalResult(method, [r['acc'] for r in runs], list(seeds), 'hard' if hard else 'soft', cfg.student, _ipc(labels, info.num_classes),
+    return EvalResult(method, [r['acc'] for r in runs], list(seeds), 'hard' if hard else 'soft', cfg.student,
+                      _ipc(labels, info.num_classes),
                       len(images), cfg.epochs, round(sum(r['seconds'] for r in runs), 2), cfg.to_dict(),
                       None if hard else (src.config.to_dict()), *tw)
 
@@ -308,13 +310,16 @@ class ResultsTable:
     def rows(self)->list:
         "One dict per method: the summary columns."
         return [dict(method=r.method, labels=r.labels, student=r.student, ipc=r.ipc, images=r.n_images, epochs=r.epochs,
-                     mean=round(r.mean, 2), std=round(r.std, 2), seeds=len(r.accs), accs=[round(a, 2) for a in r.accs]) for r in self.results]
+                     mean=round(r.mean, 2), std=round(r.std, 2), seeds=len(r.accs),
+                     accs=[round(a, 2) for a in r.accs]) for r in self.results]
 
     def to_markdown(self)->str:
         "The table as GitHub markdown."
         head = (f'**{self.title}**\n\n' if self.title else '') + '| method | labels | student | IPC | epochs | top-1 % (mean ± std) | seeds | per seed |\n|---|---|---|---|---|---|---|---|'
-        return head + ''.join(f"\n| {r['method']} | {r['labels']} | {r['student']} | {r['ipc'] if r['ipc'] is not None else '-'} | {r['epochs']} | "
-                              f"{r['mean']:.2f} ± {r['std']:.2f} | {r['seeds']} | {', '.join(f'{a:.1f}' for a in r['accs'])} |" for r in self.rows())
+        return head + ''.join(f"\n| {r['method']} | {r['labels']} | {r['student']} | "
+                              f"{r['ipc'] if r['ipc'] is not None else '-'} | {r['epochs']} | "
+                              f"{r['mean']:.2f} ± {r['std']:.2f} | {r['seeds']} | "
+                              f"{', '.join(f'{a:.1f}' for a in r['accs'])} |" for r in self.rows())
     def _repr_markdown_(self): return self.to_markdown()
     def __repr__(self): return self.to_markdown()
 
@@ -396,7 +401,8 @@ class DistilledSet:
         "Images per class (None if the classes have different counts)."
         return _ipc(self.labels, self.info.num_classes)
     def __repr__(self):
-        return (f'DistilledSet({self.method}, {self.info.name}: {len(self)} images {tuple(self.images.shape[1:])}, IPC {self.ipc}, '
+        return (f'DistilledSet({self.method}, {self.info.name}: {len(self)} images {tuple(self.images.shape[1:])}, '
+                f'IPC {self.ipc}, '
                 f'labels: {"stored, " + str(self.store.epochs) + " epochs" if self.store is not None else "made on demand"})')
 
     def images01(self)->torch.Tensor: return denormalize(self.images, self.info)
@@ -419,10 +425,13 @@ def save(self:DistilledSet, path:str|Path,
     if images is not None:
         write_image_folder(path/'images', self.images01(), self.labels, self.info.class_names, 'imagefolder', images)
     if self.store is not None: self.store.save(path/'labels')
-    meta = dict(format='cvdd-distilled-1', method=self.method, n=len(self), ipc=self.ipc, info=self.info.to_dict(), relabel=self.relabel,
+    meta = dict(format='cvdd-distilled-1', method=self.method, n=len(self), ipc=self.ipc, info=self.info.to_dict(),
+                relabel=self.relabel,
                 teachers=self.teachers, priors=self.priors, committee=self.committee, seeds=self.seeds,
                 config=self.config, versions=self.versions,
-                files=dict(tensors='distilled.safetensors', images=None if images is None else dict(folder='images/', layout='imagefolder', format=images),
+                files=dict(tensors='distilled.safetensors',
+                           images=None if images is None else dict(folder='images/', layout='imagefolder',
+                                                                   format=images),
                            labels='labels/' if self.store is not None else None))
     save_json(path/'distilled.json', meta)
     return path
@@ -443,7 +452,8 @@ def load(cls:DistilledSet, path:str|Path)->DistilledSet:
         raise CVDDError(f'{path/"distilled.safetensors"} is damaged ({e})', 'save the set again') from None
     store = LabelStore.load(path/'labels') if (path/'labels'/STORE_JSON).exists() else None
     keep = {k: d.get(k) for k in ('relabel', 'teachers', 'priors', 'committee')}
-    return cls(t['images'], t['labels'], DatasetInfo.from_dict(d['info']), d['method'], **keep, weights=t.get('weights'),
+    return cls(t['images'], t['labels'], DatasetInfo.from_dict(d['info']), d['method'], **keep,
+               weights=t.get('weights'),
                seeds=d.get('seeds') or {}, config=d.get('config') or {}, versions=d.get('versions') or {}, store=store)
 
 # %% ../nbs/06_evaluate.ipynb #c42744ac
@@ -459,7 +469,8 @@ def _folder_labels(f, info:DatasetInfo)->torch.Tensor:
 
 # %% ../nbs/06_evaluate.ipynb #907bd0f9
 @patch(cls_method=True)
-def from_folder(cls:DistilledSet, root:str|Path,        # an image folder (any layout) or a run folder holding images/ or png/
+def from_folder(cls:DistilledSet, root:str|Path,
+                # an image folder (any layout) or a run folder holding images/ or png/
                 info:DatasetInfo,                        # the dataset the images belong to (normalisation, classes)
                 method:str='folder',                     # what made the images, e.g. 'cvdd-reference'
                 fkd:str|Path|None=None,                  # the reference's soft-label folder for these images
@@ -469,8 +480,10 @@ def from_folder(cls:DistilledSet, root:str|Path,        # an image folder (any l
     f = read_image_folder(root, info.channels, layout)
     images, labels = normalize(f.images, info), _folder_labels(f, info)
     store = store_from_fkd(fkd, images, info, fkd_seed) if fkd is not None else None
-    return cls(images, labels, info, method, relabel=None if store is None else store.config.to_dict(), teachers=None if store is None else store.teachers,
-               config=dict(source=dict(folder=f.root, layout=f.layout, fkd=None if fkd is None else str(fkd))), store=store)
+    return cls(images, labels, info, method, relabel=None if store is None else store.config.to_dict(),
+               teachers=None if store is None else store.teachers,
+               config=dict(source=dict(folder=f.root, layout=f.layout, fkd=None if fkd is None else str(fkd))),
+               store=store)
 
 # %% ../nbs/06_evaluate.ipynb #d1d338f8
 @patch
@@ -501,10 +514,12 @@ def _subset_idx(labels:torch.Tensor, num_classes:int, k:int)->torch.Tensor:
 def _ds_subset_ipc(self:DistilledSet, k:int)->DistilledSet:
     "The first `k` images of every class (class-major), with their metadata; stored labels are dropped."
     idx = _subset_idx(self.labels, self.info.num_classes, k)
-    return DistilledSet(self.images[idx], self.labels[idx], self.info, self.method, self.relabel, self.teachers, self.priors,
+    return DistilledSet(self.images[idx], self.labels[idx], self.info, self.method, self.relabel, self.teachers,
+                        self.priors,
                         None if self.committee is None else [self.committee[i] for i in idx.tolist()],
                         None if self.weights is None else self.weights[idx], dict(self.seeds),
-                        dict(self.config, subset=dict(ipc=k, of_ipc=self.ipc, of_images=len(self))), dict(self.versions))
+                        dict(self.config, subset=dict(ipc=k, of_ipc=self.ipc, of_images=len(self))),
+                        dict(self.versions))
 DistilledSet.subset_ipc = _ds_subset_ipc
 
 # %% ../nbs/06_evaluate.ipynb #219d2aed
@@ -521,7 +536,8 @@ def export_ddranking(self:DistilledSet, path:str|Path,
      "hard_labels.pt, lr.pt, meta.json.")
     if self.ipc is None:
         raise CVDDError(f'DD-Ranking needs the same number of images in every class; this set has '
-                        f'{class_counts(self.labels, self.info.num_classes).tolist()}', 'export subset_ipc(k) with k <= the smallest count')
+                        f'{class_counts(self.labels, self.info.num_classes).tolist()}',
+                        'export subset_ipc(k) with k <= the smallest count')
     path, idx = Path(path), torch.argsort(self.labels, stable=True)
     def put(name, t): buf = io.BytesIO(); torch.save(t.contiguous() if isinstance(t, torch.Tensor) else t,
                                                      buf); atomic_write(path/name, buf.getvalue())
@@ -531,15 +547,20 @@ def export_ddranking(self:DistilledSet, path:str|Path,
         com = make_committee(teachers, self.info, self.relabel, self.priors, self.teachers).to(get_device(device))
         put('labels.pt', com.label_all(x.to(get_device(device))).cpu()); files.append('labels.pt')
     if syn_lr is not None: put('lr.pt', torch.tensor(float(syn_lr), dtype=torch.float64)); files.append('lr.pt')
-    save_json(path/'meta.json', dict(files=files, images=f'float32 {tuple(x.shape)}, normalised with mean/std, class-major: image c * ipc + k', hard_labels='int64 class indices',
-                                     labels='float32 (N, K) committee logits on the unaugmented images, eval-mode BN (soft labels for mode S)' if teachers is not None else None,
+    save_json(path/'meta.json',
+              dict(files=files,
+                   images=f'float32 {tuple(x.shape)}, normalised with mean/std, class-major: image c * ipc + k',
+                   hard_labels='int64 class indices',
+                                     labels='float32 (N, K) committee logits on the unaugmented images, eval-mode BN '
+                   '(soft labels for mode S)' if teachers is not None else None,
                                      mean=self.info.mean, std=self.info.std, class_names=self.info.class_names,
                                      dataset=self.info.name, ipc=self.ipc,
                                      method=self.method, call=DDRANKING_CALL))
     return path
 
 # %% ../nbs/06_evaluate.ipynb #2909e574
-def _from_recovered(rec,                                  # a recover result: images, labels, info (+ committee, weights, config, priors, experts)
+def _from_recovered(rec,
+                    # a recover result: images, labels, info (+ committee, weights, config, priors, experts)
                     relabel:RelabelConfig|dict|None=None, # how to make the soft labels
                     teachers:list|None=None,              # label teachers (default: the recover pool's experts)
                     priors:list|None=None,                # their priors (default: recover's)
@@ -551,7 +572,8 @@ def _from_recovered(rec,                                  # a recover result: im
                         'pass the result of cvdd_nb.recover.recover (or an object with images, labels, info)')
     w, cfg = getattr(rec, 'weights', None), dict(getattr(rec, 'config', None) or {})
     method = method or ('sre2l++' if w is not None and w.ndim == 2 and w.shape[1] == 1 else 'cvdd')
-    return DistilledSet(rec.images, rec.labels, rec.info, method, as_relabel_config(relabel).to_dict(), teachers or getattr(rec, 'experts', None),
+    return DistilledSet(rec.images, rec.labels, rec.info, method, as_relabel_config(relabel).to_dict(),
+                        teachers or getattr(rec, 'experts', None),
                         priors or getattr(rec, 'priors', None), getattr(rec, 'committee', None), w,
                         dict(recover=cfg.get('seed')),
                         dict(recover=cfg), dict(getattr(rec, 'versions', None) or {}))

@@ -15,7 +15,8 @@ from safetensors.torch import save as st_save
 
 import cvdd_nb
 
-from .core import (CVDDError, Config, FolderLock, atomic_write, autocast, check_choice, get_device, load_json, make_generator,
+from .core import (CVDDError, Config, FolderLock, atomic_write, autocast, check_choice, get_device, load_json,
+                          make_generator,
                           progress, resolve_auto, save_json, set_seed, tally, versions)
 from .data import Data, DatasetInfo, Split, normalize, load_dataset, holdout_split
 from .models import bn_layers, count_params, create_model, has_batchnorm, read_state_dict
@@ -221,7 +222,8 @@ def _as_expert(model, data:Data, recipe:dict, seed:int, name, epochs:int, second
     info = data.info
     m = round_half(copy.deepcopy(model)) if half else copy.deepcopy(model)
     m = m.to(memory_format=torch.contiguous_format)
-    meta = ExpertMeta(arch=model.cvdd_spec, dataset=info.name, class_names=list(info.class_names), in_chans=info.channels,
+    meta = ExpertMeta(arch=model.cvdd_spec, dataset=info.name, class_names=list(info.class_names),
+                      in_chans=info.channels,
                       img_size=list(info.img_size), mean=list(info.mean), std=list(info.std), recipe=recipe, seed=seed,
                       versions=versions(), params=count_params(m), seconds=round(seconds, 2), epochs=epochs,
                       dtype='float16' if half else 'float32')
@@ -260,7 +262,8 @@ def train_expert(arch:str,                      # a `create_model` name, e.g. 'r
     opt, sched = _optimizer(model, recipe,
                             recipe.epochs * math.ceil(len(data.train) / min(recipe.batch_size, len(data.train))))
     step = step_class(model, opt, sched, recipe, device)
-    rec = dict(recipe.to_dict(), pad=pad, flip=flip, schedule='cosine per step to 0, no warm-up', augment='random crop after zero padding'
+    rec = dict(recipe.to_dict(), pad=pad, flip=flip, schedule='cosine per step to 0, no warm-up',
+               augment='random crop after zero padding'
                + (' + horizontal flip' if flip else ''), loss='cross-entropy', **step.record)
     key, ckpt = dict(arch=model.cvdd_spec, recipe=rec, seed=seed, n_train=len(data.train)), Path(ckpt) if ckpt else None
     done, secs = _load_progress(ckpt/'progress.pt', model, opt, sched, g, key) if ckpt else (0, 0.0)
@@ -301,19 +304,26 @@ def _check(self:Expert, info:DatasetInfo,
                         'use experts trained on this dataset')
     if list(m.img_size) != list(info.img_size):
         raise CVDDError(f'{who} expects {m.img_size[0]}x{m.img_size[1]} images but dataset {info.name} has '
-                        f'{info.img_size[0]}x{info.img_size[1]}', 'load the dataset at the expert\'s size (img_size=...) or retrain')
-    if not (torch.allclose(torch.tensor(m.mean, dtype=torch.float), torch.tensor(info.mean, dtype=torch.float), atol=1e-3)
-            and torch.allclose(torch.tensor(m.std, dtype=torch.float), torch.tensor(info.std, dtype=torch.float), atol=1e-3)):
-        raise CVDDError(f'{who} was trained with normalisation mean={m.mean} std={m.std}, the dataset uses mean={list(info.mean)} std={list(info.std)}',
+                        f'{info.img_size[0]}x{info.img_size[1]}',
+                        'load the dataset at the expert\'s size (img_size=...) or retrain')
+    if not (torch.allclose(torch.tensor(m.mean, dtype=torch.float), torch.tensor(info.mean, dtype=torch.float),
+                           atol=1e-3)
+            and torch.allclose(torch.tensor(m.std, dtype=torch.float), torch.tensor(info.std, dtype=torch.float),
+                               atol=1e-3)):
+        raise CVDDError(f'{who} was trained with normalisation mean={m.mean} std={m.std}, the dataset uses '
+                        f'mean={list(info.mean)} std={list(info.std)}',
                         'use the same normalisation for experts and data')
     if not has_batchnorm(self.model):
         raise CVDDError(f'{who} has no BatchNorm2d layer', 'choose an architecture with BatchNorm')
     bad = [k for k, v in self.model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if bad: raise CVDDError(f'{who} has NaN or inf in its weights ({", ".join(bad[:3])}{", ..." if len(bad) > 3 else ""})',
+    if bad: raise CVDDError(f'{who} has NaN or inf in its weights '
+                            f'({", ".join(bad[:3])}{", ..." if len(bad) > 3 else ""})',
                             'the expert diverged or its file was damaged: retrain or restore it')
     if m.test_acc is not None and m.test_acc < self.chance + min_margin:
-        raise CVDDError(f'{who} scores {m.test_acc:.1f}% on the test set, near chance ({self.chance:.1f}%): it is broken, '
-                        'untrained or mis-ordered', 'retrain it (more epochs) or drop it from the pool; pass min_margin=0 to use it anyway')
+        raise CVDDError(f'{who} scores {m.test_acc:.1f}% on the test set, near chance ({self.chance:.1f}%): it is '
+                        f'broken, '
+                        'untrained or mis-ordered',
+                        'retrain it (more epochs) or drop it from the pool; pass min_margin=0 to use it anyway')
     self.min_margin = min_margin        # later stages re-check with the margin the user allowed
     return self
 Expert.check = _check
@@ -327,7 +337,8 @@ def _check_meta(d:dict, where:Path)->dict:
                                  'the file was edited by hand or damaged: retrain or restore the expert')
     a = d['arch']
     if not isinstance(a.get('name'), str): raise bad('arch has no model name')
-    if not all(isinstance(c, str) for c in d['class_names']) or len(d['class_names']) != a.get('num_classes', len(d['class_names'])):
+    if not all(isinstance(c,
+                          str) for c in d['class_names']) or len(d['class_names']) != a.get('num_classes', len(d['class_names'])):
         raise bad(f'class_names must be {a.get("num_classes")} strings (one per output of the model)')
     if len(d['img_size']) != 2 or not all(isinstance(v, int) and not isinstance(v,
                                                                                 bool) and v > 0 for v in d['img_size']):
@@ -361,7 +372,8 @@ def _load(path:str|Path)->Expert:
     sd = read_state_dict(path/'model.safetensors')
     try: model.load_state_dict(sd, strict=True)     # float16 weights are widened to the model's float32
     except RuntimeError as e:
-        raise CVDDError(f'{path/"model.safetensors"} does not match the architecture in expert.json ({str(e).splitlines()[0]})',
+        raise CVDDError(f'{path/"model.safetensors"} does not match the architecture in expert.json '
+                        f'({str(e).splitlines()[0]})',
                         'the folder was edited by hand or mixed up: retrain or restore the expert') from None
     return Expert(model, ExpertMeta.from_dict(d), name=d.get('name'))
 Expert.load = staticmethod(_load)
@@ -377,7 +389,8 @@ def _from_weights(arch:str,                   # a `create_model` name ('resnet18
     "An expert from an architecture name and a local weights file."
     model = create_model(arch, info.num_classes, in_chans=info.channels, img_size=info.img_size[0], width=width,
                          weights=weights, **(arch_kw or {}))
-    meta = ExpertMeta(arch=model.cvdd_spec, dataset=info.name, class_names=list(info.class_names), in_chans=info.channels,
+    meta = ExpertMeta(arch=model.cvdd_spec, dataset=info.name, class_names=list(info.class_names),
+                      in_chans=info.channels,
                       img_size=list(info.img_size), mean=list(info.mean), std=list(info.std),
                       recipe=dict(source=str(weights)), versions=versions(), params=count_params(model))
     if data is not None:
@@ -407,14 +420,17 @@ class ExpertPool:
 
     def table(self)->list[dict]:
         "One row per expert: name, architecture, width, parameters, accuracies, training time."
-        return [dict(name=e.name, arch=e.meta.arch.get('name'), width=e.meta.arch.get('width', 1.0), params=e.meta.params,
-                     train_acc=e.meta.train_acc, test_acc=e.meta.test_acc, seconds=e.meta.seconds) for e in self.experts]
+        return [dict(name=e.name, arch=e.meta.arch.get('name'), width=e.meta.arch.get('width', 1.0),
+                     params=e.meta.params,
+                     train_acc=e.meta.train_acc, test_acc=e.meta.test_acc,
+                     seconds=e.meta.seconds) for e in self.experts]
 
     def to_markdown(self)->str:
         f = lambda v, p='.1f': '-' if v is None else format(v, p)
         rows = ['| expert | architecture | width | params | train acc % | test acc % | train s |',
                 '|---|---|---|---|---|---|---|']
-        rows += [f"| {r['name']} | {r['arch']} | {r['width']:g} | {r['params']:,} | {f(r['train_acc'])} | {f(r['test_acc'])} | {f(r['seconds'])} |"
+        rows += [f"| {r['name']} | {r['arch']} | {r['width']:g} | {r['params']:,} | {f(r['train_acc'])} | "
+                 f"{f(r['test_acc'])} | {f(r['seconds'])} |"
                  for r in self.table()]
         return '\n'.join(rows)
     def _repr_markdown_(self): return self.to_markdown()
@@ -443,7 +459,8 @@ def resolve_pool(ref:str|Path)->Path:
     if not (path/'pool.json').exists():
         have = sorted(p.name for p in root.iterdir() if (p/'pool.json').exists()) if root.is_dir() else []
         raise CVDDError(f'{ref}: no zoo pool at {path}' + (f' (the zoo in {root} holds: {", ".join(have)})' if have else f' ({root} holds no zoo)'),
-                        f'use one of the zoo names, build it with `cvdd experts train --zoo {name}`, or set ${ZOO_ENV} to the folder that holds it')
+                        f'use one of the zoo names, build it with `cvdd experts train --zoo {name}`, or set '
+                        f'${ZOO_ENV} to the folder that holds it')
     return path
 
 # %% ../nbs/03_experts.ipynb #c41ba302
@@ -454,12 +471,16 @@ def check_rebuild(self:Expert)->Expert:
     a = self.meta.arch
     try: rebuilt = create_model(**a).state_dict()
     except (CVDDError, TypeError, ValueError, KeyError) as e:
-        raise CVDDError(f'expert {self.name!r} could not be loaded again: its architecture {a.get("name")!r} cannot be rebuilt ({str(e).splitlines()[0]})',
-                        'build the model with cvdd_nb.models.create_model (register the architecture there first), so that meta.arch rebuilds it') from None
+        raise CVDDError(f'expert {self.name!r} could not be loaded again: its architecture {a.get("name")!r} cannot '
+                        f'be rebuilt ({str(e).splitlines()[0]})',
+                        'build the model with cvdd_nb.models.create_model (register the architecture there first), so '
+                        'that meta.arch rebuilds it') from None
     have = self.model.state_dict()
     diff = sorted(set(have) ^ set(rebuilt)) or [k for k in rebuilt if rebuilt[k].shape != have[k].shape]
-    if diff: raise CVDDError(f'expert {self.name!r} could not be loaded again: its weights do not fit the model meta.arch rebuilds ({len(diff)} tensor(s) differ, e.g. {diff[0]!r})',
-                             'set meta.arch to the `cvdd_spec` of the model the expert holds (Expert.from_weights does), or retrain it')
+    if diff: raise CVDDError(f'expert {self.name!r} could not be loaded again: its weights do not fit the model '
+                             f'meta.arch rebuilds ({len(diff)} tensor(s) differ, e.g. {diff[0]!r})',
+                             'set meta.arch to the `cvdd_spec` of the model the expert holds (Expert.from_weights '
+                             'does), or retrain it')
     return self
 
 # %% ../nbs/03_experts.ipynb #2c0a512e

@@ -38,8 +38,10 @@ def load_fkd_batch(path:str|Path)->list:
         with torch.serialization.safe_globals(_SAFE_GLOBALS):
             obj = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
-        raise CVDDError(f'{path} cannot be read as a soft-label file ({type(e).__name__}: {str(e).strip().splitlines()[0][:160]})',
-                        'it is damaged or holds more than tensors and numbers: regenerate it with the reference relabel') from None
+        raise CVDDError(f'{path} cannot be read as a soft-label file ({type(e).__name__}: '
+                        f'{str(e).strip().splitlines()[0][:160]})',
+                        'it is damaged or holds more than tensors and numbers: regenerate it with the reference '
+                        'relabel') from None
     if not isinstance(obj, (list, tuple)) or len(obj) != 6:
         raise CVDDError(f'{path} holds a {type(obj).__name__}, not the list [coords, flip, mix_index, lam, bbox, '
                         f'logits]', 'point at files written by the reference relabel')
@@ -105,8 +107,12 @@ def fkd_shape(root:str|Path)->tuple:
     other = sorted(p.name for p in root.iterdir() if not (p.is_dir() and _EPOCH.fullmatch(p.name)))
     epochs = sorted(int(_EPOCH.fullmatch(p.name)[1]) for p in root.iterdir() if p.is_dir() and _EPOCH.fullmatch(p.name))
     if other or not epochs or epochs != list(range(len(epochs))):
-        raise CVDDError(f'{root} is not a reference soft-label folder: ' + (f'it holds {other[:3]} besides epoch_* folders' if other else f'epoch folders {epochs[:5]}... are not epoch_0..epoch_{len(epochs) - 1}'),
-                        'point at the folder the reference relabel wrote (epoch_0/batch_0.tar ...), with nothing else in it')
+        raise CVDDError(f'{root} is not a reference soft-label folder: ' + (f'it holds {other[:3]} besides epoch_* '
+                                                                            f'folders' if other else f'epoch folders '
+                                                                            f'{epochs[:5]}... are not '
+                                                                            f'epoch_0..epoch_{len(epochs) - 1}'),
+                        'point at the folder the reference relabel wrote (epoch_0/batch_0.tar ...), with nothing else '
+                        'in it')
     counts = {e: sorted(int(m[1]) for p in (root/f'epoch_{e}').iterdir() if (m := _BATCH.fullmatch(p.name))) for e in epochs}
     bad = next((e for e, b in counts.items() if b != list(range(len(counts[0]))) or not b), None)
     if bad is not None:
@@ -118,7 +124,8 @@ def fkd_shape(root:str|Path)->tuple:
 def _fkd_tensors(E:int, n:int, nb:int, B:int)->dict:
     ("Empty store tensors for E epochs of n images in nb batches (lambda in float64: Mixup keeps the reference's draw "
      "exactly).")
-    return dict(order=torch.zeros(E, n, dtype=torch.int32), crops=torch.zeros(E, n, 4, dtype=torch.int16), flips=torch.zeros(E, n, dtype=torch.bool),
+    return dict(order=torch.zeros(E, n, dtype=torch.int32), crops=torch.zeros(E, n, 4, dtype=torch.int16),
+                flips=torch.zeros(E, n, dtype=torch.bool),
                 perm=torch.zeros(E, n, dtype=torch.int16 if B < 16384 else torch.int32),
                 lam=torch.zeros(E, nb, dtype=torch.float64),
                 box=torch.zeros(E, nb, 4, dtype=torch.int16))
@@ -131,7 +138,8 @@ def _check_batches(n:int, B:int, nb:int, root:Path)->list:
                         'pass all the distilled images these labels were made for, in the order of their folder')
     if n % B == 1:
         raise CVDDError(f'with {n} images the reference\'s last batch holds one image, which a label store merges '
-                        f'into the batch before', 'relabel with a batch size that leaves at least two images in the last batch')
+                        f'into the batch before',
+                        'relabel with a batch size that leaves at least two images in the last batch')
     return batch_bounds(n, B)
 
 # %% ../nbs/05a_fkd.ipynb #878227a5
@@ -159,7 +167,8 @@ def store_from_fkd(root:str|Path,            # the reference's <fkd>_bs{B}_ipc{N
     cfg = RelabelConfig(epochs=E, batch_size=B, sub_batch=math.ceil(B / 2), mix=mixes.pop(),
                         flip='yes' if t['flips'].any() else 'no', seed=seed)
     names = list(teachers or ['reference'])
-    meta = dict(config=cfg.to_dict(), n=n, num_classes=K, img_size=[H, W], dataset=info.name, class_names=list(info.class_names), teachers=names,
+    meta = dict(config=cfg.to_dict(), n=n, num_classes=K, img_size=[H, W], dataset=info.name,
+                class_names=list(info.class_names), teachers=names,
                 weights=[1 / len(names)] * len(names), priors=None, flip=bool(t['flips'].any()), order='torch',
                 images=images_fingerprint(images),
                 source=dict(format='reference FKD files', path=str(root), seed=seed), seconds=0.0, versions=versions())
@@ -176,7 +185,8 @@ def _check_order(store:LabelStore, seed:int):
     bad = next((e for e in range(store.epochs) if not torch.equal(store.tensors['order'][e].long(),
                                                                   sampler_order(store.n, seed, e))), None)
     if bad is not None:
-        raise CVDDError(f'epoch {bad} of the store is not in the order the reference\'s loader draws (torch RandomSampler, seed {seed}): its trainer would give these labels to other images',
+        raise CVDDError(f'epoch {bad} of the store is not in the order the reference\'s loader draws (torch '
+                        f'RandomSampler, seed {seed}): its trainer would give these labels to other images',
                         f"make the store with relabel(..., order='torch') and RelabelConfig(seed={seed})")
 
 # %% ../nbs/05a_fkd.ipynb #9394ffed

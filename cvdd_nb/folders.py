@@ -184,8 +184,10 @@ def _listing(root:Path, layout:str)->tuple:
     for i, d in enumerate(dirs if layout == 'reference' else []):
         bad = [f.name for f in _class_files(d) if int(_REF_FILE.fullmatch(f.name)[1]) != i]
         if int(_REF_DIR.fullmatch(d.name)[1]) != i or bad:
-            raise CVDDError(f'{d} is class {i} in sorted order, but its name{" and its files (" + bad[0] + ")" if bad else ""} say otherwise',
-                            'number the classes new000, new001, ... without gaps, each holding only its own class{c:03d}_id{k:03d} files')
+            raise CVDDError(f'{d} is class {i} in sorted order, but its '
+                            f'name{" and its files (" + bad[0] + ")" if bad else ""} say otherwise',
+                            'number the classes new000, new001, ... without gaps, each holding only its own '
+                            'class{c:03d}_id{k:03d} files')
     pairs = [(f, i) for i, d in enumerate(dirs) for f in _class_files(d)]
     return [f for f, _ in pairs], [i for _, i in pairs], [d.name for d in dirs]
 
@@ -219,8 +221,10 @@ def read_image_folder(root:str|Path,          # an image folder, or a run folder
     root = find_image_folder(root)
     found = folder_layout(root)
     if layout != 'auto' and check_choice('folder layout', layout,
-                                         LAYOUTS + ('flat',)) != found and not (layout == 'imagefolder' and found == 'reference'):
+                                         LAYOUTS + ('flat',
+                                                    )) != found and not (layout == 'imagefolder' and found == 'reference'):
         raise CVDDError(f'{root} is in the {found} layout, not {layout}', f"pass layout='auto' (or '{found}')")
     files, labels, classes = _listing(root, found if layout == 'auto' else layout)
-    return FolderImages(torch.from_numpy(np.ascontiguousarray(_pixels(files, channels))), torch.tensor(labels, dtype=torch.long), classes,
+    return FolderImages(torch.from_numpy(np.ascontiguousarray(_pixels(files, channels))),
+                        torch.tensor(labels, dtype=torch.long), classes,
                         [str(f.relative_to(root)) for f in files], found if layout == 'auto' else layout, str(root))

@@ -163,7 +163,8 @@ class RefInvertedResidual(nn.Module):
 class MobileNetV2Ref(MobileNetV2):
     ("The CV-DD reference's CIFAR MobileNetV2: `MobileNetV2` with `RefInvertedResidual` blocks, residuals where the "
      "published network has them.")
-    def block(self, cin, cout, stride, expand, published_stride): return RefInvertedResidual(cin, cout, stride, expand, published_stride == 1)
+    def block(self, cin, cout, stride, expand,
+              published_stride): return RefInvertedResidual(cin, cout, stride, expand, published_stride == 1)
 
 def mobilenetv2_ref(num_classes, in_chans=3, img_size=(32, 32), width=1.0,
                     min_size:int=1):  # smallest feature map a stride-2 step may produce (1: the published network)
@@ -223,12 +224,14 @@ class DenseLayer(nn.Module):
     def __init__(self, cin, growth):
         super().__init__()
         self.body = nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU(inplace=True), nn.Conv2d(cin, 4 * growth, 1, bias=False),
-                                  nn.BatchNorm2d(4 * growth), nn.ReLU(inplace=True), nn.Conv2d(4 * growth, growth, 3, padding=1, bias=False))
+                                  nn.BatchNorm2d(4 * growth), nn.ReLU(inplace=True),
+                                  nn.Conv2d(4 * growth, growth, 3, padding=1, bias=False))
     def forward(self, x): return torch.cat([x, self.body(x)], 1)
 
 class DenseNet(nn.Module):
     "CIFAR-style DenseNet: 3x3 stem, dense blocks with transitions (BN-ReLU-1x1 conv, AvgPool2), final BN."
-    def __init__(self, blocks:list, num_classes:int, in_chans:int=3, width:float=1.0, growth:int=32, reduction:float=0.5,
+    def __init__(self, blocks:list, num_classes:int, in_chans:int=3, width:float=1.0, growth:int=32,
+                 reduction:float=0.5,
                  img_size:int=32, min_size:int=1):
         super().__init__()
         g, size = _ch(growth, width), img_size; c = 2 * g; layers = [nn.Conv2d(in_chans, c, 3, padding=1, bias=False)]
@@ -260,7 +263,8 @@ class ConvNet3(nn.Module):
         c, pad0, layers = _ch(net_width, width), 3 if in_chans == 1 else 1, []
         h, w = (s + 2 * pad0 - 2 for s in _hw(img_size))
         for i in range(depth):
-            layers += [nn.Conv2d(in_chans if i == 0 else c, c, 3, padding=pad0 if i == 0 else 1), nn.GroupNorm(c, c, affine=True),
+            layers += [nn.Conv2d(in_chans if i == 0 else c, c, 3,
+                                 padding=pad0 if i == 0 else 1), nn.GroupNorm(c, c, affine=True),
                        nn.ReLU(inplace=True), nn.AvgPool2d(2)]
             h, w = h // 2, w // 2
         self.features, self.classifier = nn.Sequential(*layers), nn.Linear(c * h * w, num_classes)
@@ -311,11 +315,14 @@ def _load_error(path:Path, e:Exception)->CVDDError:
     if isinstance(e, pickle.UnpicklingError) and g:
         return CVDDError(f'{path} was refused by torch.load(weights_only=True): it holds objects other than tensors '
                          f'(it would import {g.group(1)}), which could run code when loaded',
-                         'only load files you trust; re-save just the tensors: safetensors.torch.save_file(model.state_dict(), ...)')
+                         'only load files you trust; re-save just the tensors: '
+                         'safetensors.torch.save_file(model.state_dict(), ...)')
     why = next((l.strip() for l in str(e).splitlines() if 'Unsupported' in l),
                str(e).splitlines()[0][:200] if str(e) else '')
-    return CVDDError(f'{path} could not be read, it is damaged, truncated or not a weights file ({type(e).__name__}: {why})',
-                     'copy or re-save the weights file (safetensors preferred: safetensors.torch.save_file(model.state_dict(), ...))')
+    return CVDDError(f'{path} could not be read, it is damaged, truncated or not a weights file ({type(e).__name__}: '
+                     f'{why})',
+                     'copy or re-save the weights file (safetensors preferred: '
+                     'safetensors.torch.save_file(model.state_dict(), ...))')
 
 def read_state_dict(path:str|Path)->dict:
     "Tensors from a safetensors file or a `torch.save`d state dict (read with `weights_only=True`)."
@@ -341,10 +348,12 @@ def load_weights(model:nn.Module,   # the model to fill
               v in own.items() if k in weights and weights[k].shape != v.shape]
     if missing or unexpected or shapes:
         parts = [f'{n} ({len(l)}): {", ".join(l[:5])}{", ..." if len(l) > 5 else ""}' for n, l in
-                 (('missing keys', missing), ('unexpected keys', unexpected), ('shape mismatches (file vs model)', shapes)) if l]
+                 (('missing keys', missing), ('unexpected keys', unexpected),
+                  ('shape mismatches (file vs model)', shapes)) if l]
         spec = getattr(model, 'cvdd_spec', None)
         raise CVDDError(f'{src} does not fit the model{f" {spec}" if spec else ""}: ' + '; '.join(parts),
-                        'build the model with the architecture, width, in_chans and num_classes the weights were trained with')
+                        'build the model with the architecture, width, in_chans and num_classes the weights were '
+                        'trained with')
     model.load_state_dict(weights, strict=True)
     return model
 
@@ -449,5 +458,6 @@ def create_model(name:str,          # 'convnet', 'resnet18', ..., 'timm:<name>' 
                         'pass weights=<a local safetensors or .pth file>')
     model, kw = _build(name, num_classes, in_chans, hw, width, kw)
     model.cvdd_spec = dict(name=name, num_classes=num_classes, in_chans=in_chans,
-                           img_size=list(img_size) if isinstance(img_size, (tuple, list)) else img_size, width=float(width), kwargs=kw)
+                           img_size=list(img_size) if isinstance(img_size, (tuple, list)) else img_size,
+                           width=float(width), kwargs=kw)
     return load_weights(model, weights) if weights is not None else model

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from .core import (CVDDError, Config, RunDir, atomic_write, check_choice, get_device, load_json, make_generator, parse_arch_spec,
+from .core import (CVDDError, Config, RunDir, atomic_write, check_choice, get_device, load_json, make_generator,
+                          parse_arch_spec,
                           save_json, set_seed)
 from .data import Data, class_counts, list_datasets, load_dataset, holdout_split, per_class_indices, per_class_subset
 from .models import list_models
@@ -198,7 +199,8 @@ def holdout(data:Data, per_class:int, seed:int=0)->Data:
     "Move `per_class` random training images of every class into a validation split that replaces the test split."
     rest, val = holdout_split(data, per_class, seed)
     info = dataclasses.replace(data.info,
-                               source=f'{data.info.source} (validation: {per_class} training images per class held out, seed {seed})')
+                               source=f'{data.info.source} (validation: {per_class} training images per class held '
+                               f'out, seed {seed})')
     return Data(train=rest.train, test=val, info=info)
 
 def check_budget(cfg:RunConfig, data:Data):
@@ -209,7 +211,8 @@ def check_budget(cfg:RunConfig, data:Data):
     low = int(counts.min())
     if need > low:
         c = int(counts.argmin())
-        raise CVDDError(f'the run needs {need} real images per class but class {data.info.class_names[c]!r} of {data.info.name} has only {low}',
+        raise CVDDError(f'the run needs {need} real images per class but class {data.info.class_names[c]!r} of '
+                        f'{data.info.name} has only {low}',
                         f'lower ipc (or recover.mipc for patches) to at most {low}')
 
 # %% ../nbs/08_pipeline.ipynb #b4f03855
@@ -238,9 +241,11 @@ def check_holdout(pool:ExpertPool, cfg:RunConfig):
     for e in pool:
         h = e.meta.holdout
         if h is not None and (h.get('seed') != cfg.holdout_seed or h.get('per_class', 0) < cfg.valid):
-            raise CVDDError(f'expert {e.name!r} held out {h.get("per_class")} images per class (seed {h.get("seed")}) but the run validates on '
+            raise CVDDError(f'expert {e.name!r} held out {h.get("per_class")} images per class (seed {h.get("seed")}) '
+                            f'but the run validates on '
                             f'{cfg.valid} per class with seed {cfg.holdout_seed}: it was trained on some of them',
-                            f'set valid <= {h.get("per_class")} and valid_seed = {h.get("seed")}, or train the experts in the run')
+                            f'set valid <= {h.get("per_class")} and valid_seed = {h.get("seed")}, or train the '
+                            f'experts in the run')
 
 # %% ../nbs/08_pipeline.ipynb #ee054e11
 def _rss_mb()->float: return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -255,8 +260,10 @@ def stage_experts(rd:RunDir, cfg:RunConfig, data:Data, quiet:bool=True)->ExpertP
         else:
             archs = [parse_arch_spec(a) for a in ex.archs]
             tdata = dataclasses.replace(data,
-                                        train=per_class_subset(data.train, ex.train_per_class, cfg.seed, data.info.num_classes)) if ex.train_per_class else data
-            pool = train_pool(archs, tdata, rd/'experts', ExpertRecipe(epochs=ex.epochs, batch_size=ex.batch_size), seed=cfg.seed,
+                                        train=per_class_subset(data.train, ex.train_per_class, cfg.seed,
+                                                               data.info.num_classes)) if ex.train_per_class else data
+            pool = train_pool(archs, tdata, rd/'experts', ExpertRecipe(epochs=ex.epochs, batch_size=ex.batch_size),
+                              seed=cfg.seed,
                               device=None if cfg.device == 'auto' else cfg.device, quiet=quiet)
             st['outputs'] = ['experts/']
         pool.check(data.info, ex.min_margin)
@@ -272,12 +279,17 @@ def _distill_priors(rd:RunDir, cfg:RunConfig, data:Data, pool:ExpertPool, quiet:
     student = sc['student'].replace(epochs=pr.distill_epochs) if pr.distill_epochs else sc['student']
     rl = sc['relabel'].replace(epochs=student.epochs)
     score = data if cfg.valid or not pr.distill_valid else \
-        dataclasses.replace(data, test=per_class_subset(data.train, min(pr.distill_valid, int(class_counts(data.train.y, data.info.num_classes).min())),
+        dataclasses.replace(data,
+                            test=per_class_subset(data.train,
+                                                  min(pr.distill_valid,
+                                                      int(class_counts(data.train.y, data.info.num_classes).min())),
                                                         cfg.seed + 1, data.info.num_classes))
-    key = dict(dataset=data.info.name, source=data.info.source, experts=pool.names, seed=cfg.seed, valid=cfg.valid, distill_valid=pr.distill_valid,
+    key = dict(dataset=data.info.name, source=data.info.source, experts=pool.names, seed=cfg.seed, valid=cfg.valid,
+               distill_valid=pr.distill_valid,
                recover={k: v for k, v in rc.to_dict().items() if k not in ('members', 'device', 'checkpoint_every',
                                                                            'callback_every')},
-               relabel=rl.to_dict(), student=student.to_dict(), **({} if cfg.valid_seed is None else dict(valid_seed=cfg.valid_seed)))
+               relabel=rl.to_dict(), student=student.to_dict(),
+               **({} if cfg.valid_seed is None else dict(valid_seed=cfg.valid_seed)))
     h = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     # beside a pool folder; a zoo pool's inside the run (the zoo stays read-only)
     shared = ex.pool and not ex.pool.startswith('zoo:')
@@ -335,7 +347,8 @@ def label_teachers(rd:RunDir, cfg:RunConfig, data:Data, pool:ExpertPool, priors:
     check_holdout(teachers, cfg)
     teachers.check(data.info, ex.min_margin)
     if missing := [n for n in teachers.names if n not in votes]:
-        raise CVDDError(f'experts.teachers: {", ".join(missing)} of {ex.teachers} have no namesake in the run\'s pool ({", ".join(pool.names)}), so no prior to vote with',
+        raise CVDDError(f'experts.teachers: {", ".join(missing)} of {ex.teachers} have no namesake in the run\'s pool '
+                        f'({", ".join(pool.names)}), so no prior to vote with',
                         'name a pool of the same experts (e.g. its snapshots, zoo:DATASET@e1)')
     return teachers, {n: votes[n] for n in teachers.names}
 
@@ -367,7 +380,8 @@ def stage_evaluate(rd:RunDir, cfg:RunConfig, data:Data, sets:dict, stores:dict, 
             for m, (x, y, kind) in kd_sets.items():
                 p = folder/f'{m}.json'
                 if p.exists(): rows.append(EvalResult.from_dict(load_json(p))); continue
-                r = evaluate_set(x, y, data.info, data.test, relabel_config=sc['relabel'], config=student, seeds=tuple(sc['evaluate'].seeds),
+                r = evaluate_set(x, y, data.info, data.test, relabel_config=sc['relabel'], config=student,
+                                 seeds=tuple(sc['evaluate'].seeds),
                                  hard=kind == 'hard', store=stores.get(m), method=m, device=device, quiet=quiet,
                                  out=folder/'seeds'/m)                     # finished seeds and the student in training survive a kill
                 folder.mkdir(parents=True, exist_ok=True); save_json(p, r.to_dict()); rows.append(r)
@@ -408,14 +422,16 @@ def results_dict(rd:RunDir, cfg:RunConfig, data:Data, tables:dict, priors:list, 
     secs = lambda *names: round(sum(stg.get(n, {}).get('seconds', 0.0) for n in names), 2)
     return dict(dataset=data.info.name, ipc=cfg.ipc, name=cfg.name,
                 methods=_methods(table), by_student={t: _methods(tb) for t, tb in tables.items()},
-                timing_s=dict(experts=secs('experts'), priors=secs('priors'), recover=secs('recover_cvdd', 'recover_sre2l++'),
+                timing_s=dict(experts=secs('experts'), priors=secs('priors'),
+                              recover=secs('recover_cvdd', 'recover_sre2l++'),
                               relabel=secs('relabel'), evaluate=secs('evaluate')),
                 priors=dict(zip(pool.names, priors)), experts=pool.table(),
                 label_store=dict(bytes=sum(s.nbytes for s in stores.values()),
                                  files=sum(len(s.files) for s in stores.values())),
                 label_teachers=sorted({n for s in stores.values() for n in s.teachers}),
                 peak_rss_mb=round(_rss_mb(), 1), student=cfg.stage_configs()['student'].to_dict(),
-                students={student_tag(s): s.to_dict() for s in cfg.stage_configs()['students']}, seeds=cfg.stage_configs()['evaluate'].seeds)
+                students={student_tag(s): s.to_dict() for s in cfg.stage_configs()['students']},
+                seeds=cfg.stage_configs()['evaluate'].seeds)
 
 # %% ../nbs/08_pipeline.ipynb #6579051e
 def write_report(rd:RunDir, cfg:RunConfig, data:Data, pool:ExpertPool, priors:list, recs:dict, tables:dict,
@@ -435,7 +451,8 @@ def write_report(rd:RunDir, cfg:RunConfig, data:Data, pool:ExpertPool, priors:li
     for k, v in pngs.items(): atomic_write(rd/k, v)
     t = res['timing_s']
     md = [f'# {cfg.name}: CV-DD on {data.info.name}, IPC {cfg.ipc}', '',
-          f'Final-epoch top-1 accuracy (%) on the real {"validation" if cfg.valid else "test"} split ({len(data.test)} images), '
+          f'Final-epoch top-1 accuracy (%) on the real {"validation" if cfg.valid else "test"} split '
+          f'({len(data.test)} images), '
           f'{len(res["seeds"])} seed(s).', '', *[tb.to_markdown() + '\n' for tb in tables.values()],
           '![accuracy](accuracy.png)', '', '## Time per stage', '', '| stage | seconds |', '|---|---|',
           *[f'| {k} | {v:.1f} |' for k, v in t.items()], f'| **total** | {sum(t.values()):.1f} |', '',
@@ -479,8 +496,10 @@ def _open_run(config, out)->tuple:
                         'use another --out folder, or the config that made it')
     pool_ref = cfg.stage_configs()['experts'].pool
     if pool_ref and not (pool_dir(out, pool_ref)/'pool.json').exists():
-        raise CVDDError(f'experts.pool: {pool_dir(out, pool_ref)} holds no pool.json', 'point it at a folder written by `cvdd experts train` '
-                        '(a relative path is taken inside the run folder; give an absolute path otherwise) or at a zoo name')
+        raise CVDDError(f'experts.pool: {pool_dir(out, pool_ref)} holds no pool.json',
+                        'point it at a folder written by `cvdd experts train` '
+                        '(a relative path is taken inside the run folder; give an absolute path otherwise) or at a '
+                        'zoo name')
     data = load_dataset(cfg.dataset, root=cfg.root or None)
     if cfg.valid: data = holdout(data, cfg.valid, cfg.holdout_seed)
     check_budget(cfg, data)
@@ -538,7 +557,8 @@ DIGITS_DEMO = dict(name='digits-ipc10', dataset='digits', ipc=10, seed=0,
                    evaluate=dict(seeds=[0, 1, 2], student=dict(student='convnet', width=0.5, epochs=100)))
 
 # %% ../nbs/08_pipeline.ipynb #92dbf9c6
-def student_spread(config:RunConfig|dict|str|Path,   # the config of a run (finished up to relabel, or it is finished first)
+def student_spread(config:RunConfig|dict|str|Path,
+                   # the config of a run (finished up to relabel, or it is finished first)
                    out:str|Path,                     # its run folder
                    seeds:list,                       # student seeds to train
                    methods:list|None=None,           # soft-labelled methods (default: every one of the run)
@@ -553,7 +573,8 @@ def student_spread(config:RunConfig|dict|str|Path,   # the config of a run (fini
         with rd.stage('spread') as st:
             for m in methods or soft:
                 x, y, _ = made['sets'][m]
-                r = evaluate_set(x, y, data.info, data.test, relabel_config=sc['relabel'], config=sc['student'], seeds=tuple(seeds),
+                r = evaluate_set(x, y, data.info, data.test, relabel_config=sc['relabel'], config=sc['student'],
+                                 seeds=tuple(seeds),
                                  store=made['stores'][m], method=m,
                                  device=None if cfg.device == 'auto' else cfg.device, quiet=quiet,
                                  out=folder/'seeds'/m)

@@ -172,5 +172,6 @@ def evaluate_hard(images:torch.Tensor, labels:torch.Tensor, info:DatasetInfo,
             if f is not None: save_json(f, d)
         runs.append(d)
     n = labels.bincount(minlength=info.num_classes)
-    return EvalResult(method, [d['acc'] for d in runs], list(seeds), 'hard', cfg.student, int(n[0]) if bool((n == n[0]).all()) else None,
+    return EvalResult(method, [d['acc'] for d in runs], list(seeds), 'hard', cfg.student,
+                      int(n[0]) if bool((n == n[0]).all()) else None,
                       len(images), cfg.epochs, round(sum(d['seconds'] for d in runs), 2), cfg.to_dict())

@@ -15,13 +15,15 @@ from safetensors import safe_open
 from fastcore.basics import patch
 from safetensors.torch import load as st_load, save as st_save
 
-from .core import (YES_NO_AUTO, CVDDError, Config, Share, atomic_write, autocast, check_choice, get_device, load_json, make_generator,
+from .core import (YES_NO_AUTO, CVDDError, Config, Share, atomic_write, autocast, check_choice, get_device,
+                          load_json, make_generator,
                           progress, resolve_auto, save_json, tally, versions)
 from .data import Data, DatasetInfo, class_counts, denormalize, normalize, per_class_subset, pixel_bounds
 from .models import bn_layers
 from .experts import ExpertPool, evaluate_model, resolve_flip
 from .folders import write_image_folder
-from .committee import (BN_NORMS, PRIOR_MODES, SCHEDULES, VOTERS, BNStats, LossTerms, committee_loss, committee_plan, compute_priors,
+from .committee import (BN_NORMS, PRIOR_MODES, SCHEDULES, VOTERS, BNStats, LossTerms, committee_loss,
+                               committee_plan, compute_priors,
                                unit_seed, vote_weights, votes_markdown)
 from .augment import augment_batch, crop_boxes, crop_scale, draw_augment, resized_crop
 
@@ -113,10 +115,12 @@ class RecoverConfig(_Execution, _Views, _Start, _Committee, _Objective, _Size, C
 @patch
 def check(self:RecoverConfig):
     "Raise a `CVDDError` naming the first bad setting and its fix."
-    for kind, v, valid in (('schedule', self.schedule, SCHEDULES), ('voter', self.voter, VOTERS), ('prior mode', self.prior, PRIOR_MODES),
+    for kind, v, valid in (('schedule', self.schedule, SCHEDULES), ('voter', self.voter, VOTERS),
+                           ('prior mode', self.prior, PRIOR_MODES),
                            ('init', self.init, INITS), ('patch band', self.patch_band, BANDS),
                            ('augment', self.augment, AUGMENTS),
-                           ('bn_norm', self.bn_norm, BN_NORMS), ('flip', self.flip, YES_NO_AUTO), ('channels_last', self.channels_last, YES_NO_AUTO)):
+                           ('bn_norm', self.bn_norm, BN_NORMS), ('flip', self.flip, YES_NO_AUTO),
+                           ('channels_last', self.channels_last, YES_NO_AUTO)):
         check_choice(kind, v, valid)
     for k in ('ipc', 'iterations', 'committee_size', 'patch_crops', 'mipc', 'checkpoint_every', 'callback_every'):
         v = getattr(self, k)
@@ -146,7 +150,8 @@ def _need_images(data:Data, n:int, what:str, setting:str):
     counts = class_counts(data.train.y, data.info.num_classes)
     if int(counts.min()) < n:
         c = int(counts.argmin())
-        raise CVDDError(f'{what} needs {n} real images per class, but class {data.info.class_names[c]!r} has {int(counts[c])}',
+        raise CVDDError(f'{what} needs {n} real images per class, but class {data.info.class_names[c]!r} has '
+                        f'{int(counts[c])}',
                         f'lower {setting} to at most {int(counts.min())}, or choose another init')
 
 # %% ../nbs/04_recover.ipynb #85b3b5f4
@@ -195,15 +200,15 @@ def init_patches(data:Data,               # the real data
                         f'raise mipc to at least {4 * ipc}')
     _need_images(data, mipc, "init 'patches'", 'mipc')
     device, g = get_device(device), make_generator(seed)
-    model, prev = observer.model.eval(), next(observer.model.parameters()).device
-    model.to(device)
-    real, start, out = per_class_subset(data.train, mipc, seed, num_classes=K), {'easy': 0, 'medium': (mipc - 4 * ipc) // 2, 'hard': mipc - 4 * ipc}[band], []
+    model, prev = observer.model.eval(), next(observer.model.parameters()).device; model.to(device)
+    real, out = per_class_subset(data.train, mipc, seed, num_classes=K), []
+    start = {'easy': 0, 'medium': (mipc - 4 * ipc) // 2, 'hard': mipc - 4 * ipc}[band]    # the band of CE ranks kept
     for c in range(K):
         x = normalize(real.x[c * mipc:(c + 1) * mipc], info)
         best, best_ce = _best_crops(model, x, c, crops, min_scale, g, device)
         sel = best[torch.argsort(best_ce, stable=True)[start:start + 4 * ipc]]
-        out.append(_stitch(F.interpolate(sel, size=((H + 1) // 2, (W + 1) // 2), mode='bilinear', align_corners=False,
-                                         antialias=True), H, W))
+        half = F.interpolate(sel, size=(H - H // 2, W - W // 2), mode='bilinear', align_corners=False, antialias=True)
+        out.append(_stitch(half, H, W))
     model.to(prev)
     return torch.stack(out)
 
@@ -238,7 +243,8 @@ def cosine_lr(step:int, iterations:int, lr:float)->float:
 
 # %% ../nbs/04_recover.ipynb #768556e0
 @torch.no_grad()
-def adam_step(x:torch.Tensor, grad:torch.Tensor, m:torch.Tensor, v:torch.Tensor,  # pixels, gradient, Adam moments (updated in place)
+def adam_step(x:torch.Tensor, grad:torch.Tensor, m:torch.Tensor, v:torch.Tensor,
+              # pixels, gradient, Adam moments (updated in place)
               t:int,                      # this update's number, from 1
               lr:float, beta1:float=0.5, beta2:float=0.9, eps:float=1e-8):
     "One Adam update of `x` in place, as `torch.optim.Adam` computes it."
@@ -326,7 +332,8 @@ class StopRecover(Exception):
 # %% ../nbs/04_recover.ipynb #92b62493
 class History:
     "A callback that records every call: scalars always, images every `image_every`-th call."
-    def __init__(self, image_every:int=1, max_images:int=100): self.image_every, self.max_images, self.records = image_every, max_images, []
+    def __init__(self, image_every:int=1,
+                 max_images:int=100): self.image_every, self.max_images, self.records = image_every, max_images, []
     def __len__(self): return len(self.records)
     def __call__(self, s:StepState):
         r = dict(units=s.units, ipc_index=s.ipc_index, step=s.step, lr=s.lr, loss=s.loss, committee=s.committee,
@@ -421,7 +428,8 @@ def save(self:Recovered, path:str|Path,
     files = dict(tensors='images.safetensors',
                  images=None if images is None else dict(folder='images/', layout='imagefolder', format=images))
     save_json(path/'recovered.json',
-              dict(meta, info=self.info.to_dict(), layout='class-major: image c * ipc + k', files=files, **(extra or {})))
+              dict(meta, info=self.info.to_dict(), layout='class-major: image c * ipc + k', files=files,
+                   **(extra or {})))
     return path
 
 # %% ../nbs/04_recover.ipynb #4348ee80
@@ -455,7 +463,8 @@ class _UnitState:
 class _Placed:
     ("Move models to `device` (channels-last on CUDA, or as `channels_last` says) for a `with` block, then back where "
      "they were.")
-    def __init__(self, models, device, channels_last:bool|None=None): self.models, self.device, self.channels_last = list(models), device, channels_last
+    def __init__(self, models, device,
+                 channels_last:bool|None=None): self.models, self.device, self.channels_last = list(models), device, channels_last
     def __enter__(self):
         self.prev, self.channels_last = [next(m.parameters()).device for m in self.models], self.device.type == 'cuda' if self.channels_last is None else self.channels_last
         for m in self.models:
@@ -515,7 +524,9 @@ def fresh(self:_Run, u:Unit, bank)->_UnitState:
 def step(self:_Run, models, hooks, states, votes, y, step, members=None):
     "One optimisation step of a group (of mixed committees: `members` per unit); returns (lr, loss, ce, bn)."
     cfg, T = self.cfg, self.cfg.iterations
-    lr, scale, (height, width) = cosine_lr(step, T, cfg.lr) * self.lr_scale, crop_scale(step, T, cfg.min_scale, cfg.cda), self.info.img_size
+    lr, scale, (height, width) = cosine_lr(step, T,
+                                           cfg.lr) * self.lr_scale, crop_scale(step, T, cfg.min_scale,
+                                                                               cfg.cda), self.info.img_size
     params = [draw_augment(len(s.x), height, width, cfg.augment == 'shared', scale, self.flip, self.roll,
                            s.g) for s in states]
     xa = augment_batch([s.x for s in states], params)
@@ -525,7 +536,8 @@ def step(self:_Run, models, hooks, states, votes, y, step, members=None):
     self.skipped = not all_finite(loss, *grads)
     if not self.skipped:
         self.skipped = not guarded_update(states, lambda s,
-                                          gr: adam_step(s.x, gr, s.m, s.v, step + 1, lr, cfg.beta1, cfg.beta2), grads, self.lo, self.hi)
+                                          gr: adam_step(s.x, gr, s.m, s.v, step + 1, lr, cfg.beta1, cfg.beta2), grads,
+                                          self.lo, self.hi)
     return lr, loss.item(), ce, bn
 
 # %% ../nbs/04_recover.ipynb #ef40505e
@@ -604,8 +616,10 @@ def nonfinite(self:_Run, group:list, step:int, loss:float):
     if self.bad >= MAX_BAD_STEPS:
         kept = f'the last good checkpoint is kept in {self.checkpoints}: rerun to resume from it if the fault was transient' if self.checkpoints is not None else 'pass out= to keep checkpoints'
         raise CVDDError(f'recover stopped: the loss, gradients or images were NaN/inf on {self.bad} steps in a row '
-                        f'(units {keys}, step {step} of {self.cfg.iterations}, loss {loss}), even at {self.lr_scale * 2:g} x the lr',
-                        f'check that the experts and priors are finite, lower lr (now {self.cfg.lr}) or turn amp off, in a new output folder; {kept}')
+                        f'(units {keys}, step {step} of {self.cfg.iterations}, loss {loss}), even at '
+                        f'{self.lr_scale * 2:g} x the lr',
+                        f'check that the experts and priors are finite, lower lr (now {self.cfg.lr}) or turn amp off, '
+                        f'in a new output folder; {kept}')
     warnings.warn(f'recover: NaN/inf at step {step} of units {keys}: step skipped, lr now {self.lr_scale:g} x the '
                   f'schedule', RuntimeWarning)
 
@@ -621,7 +635,8 @@ def step_states(self:_Run, group, states, step, lr, loss, ce, bn, votes, y)->lis
     else: losses = (votes.cpu() * (ce.cpu().T + cfg.r_bn * bn.cpu().T)).sum(1)
     out = []
     for members, J in subs.items():
-        out.append(StepState([group[j].key for j in J], [group[j].k for j in J], [group[j].classes for j in J], step, T, lr,
+        out.append(StepState([group[j].key for j in J], [group[j].k for j in J], [group[j].classes for j in J], step,
+                             T, lr,
                              loss if losses is None else float(losses[J].sum()), [self.pool.names[i] for i in members],
                              votes[J].cpu(),
                              ce[:, J].cpu(), bn[:, J].cpu(), torch.cat([states[j].x.detach() for j in J]).cpu(),
@@ -693,12 +708,14 @@ def assemble(self:_Run, done:dict, seconds:float)->Recovered:
     "Gather the units' images into a class-major `Recovered`."
     K, ipc, N = self.info.num_classes, self.cfg.ipc, self.cfg.committee_size
     images = torch.empty(K * ipc, self.info.channels, *self.info.img_size)
-    weights, ce, bn, committee = torch.empty(K * ipc, N), torch.empty(K * ipc, N), torch.empty(K * ipc, N), [None] * (K * ipc)
+    weights, ce, bn, committee = torch.empty(K * ipc, N), torch.empty(K * ipc,
+                                                                      N), torch.empty(K * ipc, N), [None] * (K * ipc)
     for u in self.units:
         r, idx = done[u.key], [c * ipc + u.k for c in u.classes]
         images[idx], ce[idx], bn[idx], weights[idx] = r['x'], r['ce'].T, r['bn'].expand(len(idx), -1), u.weights
         for i in idx: committee[i] = [self.pool.names[m] for m in u.members]
-    return Recovered(images, torch.arange(K).repeat_interleave(ipc), committee, weights, ce, bn, self.info, self.cfg.to_dict(),
+    return Recovered(images, torch.arange(K).repeat_interleave(ipc), committee, weights, ce, bn, self.info,
+                     self.cfg.to_dict(),
                      self.priors, self.pool.names, round(seconds, 3), versions())
 
 # %% ../nbs/04_recover.ipynb #56ead537
@@ -715,7 +732,8 @@ def check_same(self:_Run, found:dict|None, where:Path):
     if found != self.fingerprint:
         diff = sorted(k for k in set(self.fingerprint['config']) | set((found or {}).get('config', {})) if self.fingerprint['config'].get(k) != (found or {}).get('config', {}).get(k))
         other = [k for k in ('experts', 'priors', 'dataset', 'classes') if self.fingerprint[k] != (found or {}).get(k)]
-        raise CVDDError(f'{where.parent} holds another recover run (differs in: {", ".join(diff + other) or "unknown"})',
+        raise CVDDError(f'{where.parent} holds another recover run (differs in: '
+                        f'{", ".join(diff + other) or "unknown"})',
                         'use a new output folder, or delete that one to start over')
 
 # %% ../nbs/04_recover.ipynb #bd36be6c
@@ -758,7 +776,8 @@ def recover(pool:ExpertPool,            # the experts (checked against `data`)
             priors:list|None=None,      # one prior per pool expert (overrides config.prior)
             stop_after:int|None=None,   # stop (and checkpoint) after this many steps of this call
             quiet:bool=False,           # no progress bar
-            share:Share|None=None,      # the processes sharing the work units (default: this one alone; see `distributed`)
+            share:Share|None=None,
+            # the processes sharing the work units (default: this one alone; see `distributed`)
             **kw)->Recovered|None:      # config overrides, e.g. ipc=10
     "Synthesise `ipc` images per class by committee voting; None if stopped early (rerun to resume)."
     cfg = RecoverConfig.coerce(config, **kw)

@@ -123,8 +123,10 @@ def rename_reference(sd:dict,             # the reference's CIFAR-style state di
     "`sd` with our key names."
     new = {k: REFERENCE_KEYS[check_choice('reference model', name, REFERENCE_NAMES)](k) for k in sd}
     bad = [k for k, v in new.items() if v is None]
-    if bad: raise CVDDError(f"{src} is not the reference's {name}: {len(bad)} key(s) are not its keys ({', '.join(bad[:4])}"
-                            f"{', ...' if len(bad) > 4 else ''})", f"check that the file is the reference's {name}.pth; 224 px pools hold torchvision models")
+    if bad: raise CVDDError(f"{src} is not the reference's {name}: {len(bad)} key(s) are not its keys "
+                            f"({', '.join(bad[:4])}"
+                            f"{', ...' if len(bad) > 4 else ''})",
+                            f"check that the file is the reference's {name}.pth; 224 px pools hold torchvision models")
     return {new[k]: v for k, v in sd.items()}
 
 # %% ../nbs/03b_reference.ipynb #f87c89b7
@@ -172,8 +174,10 @@ def _head_classes(sd:dict)->int:
 
 def _reference_meta(model, name, info, ref, family, path:Path)->ExpertMeta:
     origin = dict(file=str(path), sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
-                  imported=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'), command='ExpertPool.from_reference')
-    return ExpertMeta(arch=model.cvdd_spec, dataset=info.name, class_names=ref['classes'], in_chans=3, img_size=[ref['size']] * 2,
+                  imported=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+                  command='ExpertPool.from_reference')
+    return ExpertMeta(arch=model.cvdd_spec, dataset=info.name, class_names=ref['classes'], in_chans=3,
+                      img_size=[ref['size']] * 2,
                       mean=list(ref['mean']), std=list(ref['std']), versions=versions(), params=count_params(model),
                       origin=origin,
                       recipe=dict(source='CV-DD reference (github.com/Jiacheng8/CV-DD)', name=name, family=family))
@@ -185,7 +189,8 @@ def reference_expert(path:str|Path,        # the reference's `<Name>.pth`
                      family:str|None=None)->Expert:  # 'cifar' or 'torchvision' (default: the reference's for the dataset)
     "One of the reference's experts as ours, with its normalisation, size and class names."
     path, ref = Path(path), reference_settings(info); family = family or ref['family']
-    arch = REFERENCE_ARCHS[check_choice('model family', family, REFERENCE_ARCHS)][check_choice('reference model', name, REFERENCE_NAMES)]
+    arch = REFERENCE_ARCHS[check_choice('model family', family,
+                                        REFERENCE_ARCHS)][check_choice('reference model', name, REFERENCE_NAMES)]
     model = create_model(arch, len(ref['classes']), 3, ref['size'])
     sd = reference_state_dict(path, name, model, family)
     if (n := _head_classes(sd)) != len(ref['classes']):
@@ -236,10 +241,13 @@ def check_reference_input(info:DatasetInfo, family:str|None=None):
     ref = reference_settings(info); family = family or ref['family']
     if not (_close(info.mean, ref['mean']) and _close(info.std, ref['std'])):
         arg = "'imagenet'" if ref['mean'] == IMAGENET_MEAN else repr((ref['mean'], ref['std']))
-        raise CVDDError(f"the reference's {info.name} experts expect inputs normalised with mean={list(ref['mean'])} std={list(ref['std'])}, "
-                        f'but the dataset was loaded with mean={list(info.mean)} std={list(info.std)}', f'load it with load_dataset({info.name!r}, root=..., norm={arg})')
+        raise CVDDError(f"the reference's {info.name} experts expect inputs normalised with mean={list(ref['mean'])} "
+                        f"std={list(ref['std'])}, "
+                        f'but the dataset was loaded with mean={list(info.mean)} std={list(info.std)}',
+                        f'load it with load_dataset({info.name!r}, root=..., norm={arg})')
     if family == 'torchvision' and info.resize == 'stretch':
-        raise CVDDError(f"the reference's 224 px experts are tested on Resize(256) + CenterCrop(224) images, {info.name} was stretched to {info.img_size[0]} px",
+        raise CVDDError(f"the reference's 224 px experts are tested on Resize(256) + CenterCrop(224) images, "
+                        f"{info.name} was stretched to {info.img_size[0]} px",
                         f"load it with load_dataset({info.name!r}, root=..., img_size={ref['size']}, resize='crop')")
 
 # %% ../nbs/03b_reference.ipynb #a27f02d4

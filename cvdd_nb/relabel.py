@@ -14,7 +14,8 @@ import torch.nn as nn
 from fastcore.basics import patch
 from safetensors.torch import load as st_load, save as st_save
 
-from .core import (YES_NO_AUTO, CVDDError, Config, Share, atomic_write, autocast, check_choice, get_device, load_json, progress,
+from .core import (YES_NO_AUTO, CVDDError, Config, Share, atomic_write, autocast, check_choice, get_device,
+                          load_json, progress,
                           resolve_auto, save_json, tally, versions)
 from .data import DatasetInfo
 from .experts import Expert, ExpertPool, resolve_flip
@@ -171,7 +172,8 @@ class Committee:
 
     def __repr__(self):
         return 'Committee(' + ', '.join(f'{n}: {w:.3f}' for n,
-                                        w in zip(self.names, self.weights.tolist())) + f'; sub-batch {self.sub_batch}, bssl={self.bssl})'
+                                        w in zip(self.names,
+                                                 self.weights.tolist())) + f'; sub-batch {self.sub_batch}, bssl={self.bssl})'
 
 # %% ../nbs/05_relabel.ipynb #45936c14
 @patch
@@ -380,7 +382,8 @@ class LabelStore:
 
     def __repr__(self):
         c = self.config
-        return (f'LabelStore({self.n} images x {self.epochs} epochs, {len(self.bounds)} batches of {c.batch_size}, {c.mix}, '
+        return (f'LabelStore({self.n} images x {self.epochs} epochs, {len(self.bounds)} batches of {c.batch_size}, '
+                f'{c.mix}, '
                 f'topk={c.topk or "all"}, teachers {self.teachers}, {self.nbytes:,} bytes' + (f' in {len(self.files)} files)' if self.path else ' in memory)'))
 
 # %% ../nbs/05_relabel.ipynb #9aff553d
@@ -407,8 +410,10 @@ def nbytes(self:LabelStore)->int:
 def aug(self:LabelStore, epoch:int, b:int)->BatchAug:
     "The stored parameters of batch `b` of `epoch`."
     s, e = self.bounds[b]; tensors = self.tensors
-    return BatchAug(tensors['order'][epoch, s:e].long(), tensors['crops'][epoch, s:e].long(), tensors['flips'][epoch, s:e].bool(),
-                    tensors['perm'][epoch, s:e].long(), float(tensors['lam'][epoch, b]), tensors['box'][epoch, b].long(), self.config.mix)
+    return BatchAug(tensors['order'][epoch, s:e].long(), tensors['crops'][epoch, s:e].long(),
+                    tensors['flips'][epoch, s:e].bool(),
+                    tensors['perm'][epoch, s:e].long(), float(tensors['lam'][epoch, b]),
+                    tensors['box'][epoch, b].long(), self.config.mix)
 
 # %% ../nbs/05_relabel.ipynb #139e0b5d
 @patch
@@ -469,14 +474,17 @@ def load(cls:LabelStore, path:str|Path)->LabelStore:
     missing = [k for k in _STORE_KEYS if k not in tensors] + ([] if 'logits' in tensors or 'values' in tensors else ['logits'])
     if missing or tensors['order'].shape != (E, n):
         raise CVDDError(f'{path/STORE_FILE} does not match {STORE_JSON} (missing {missing}, order '
-                        f'{tuple(tensors["order"].shape) if "order" in tensors else None} vs {(E, n)})', 'rerun relabel')
+                        f'{tuple(tensors["order"].shape) if "order" in tensors else None} vs {(E, n)})',
+                        'rerun relabel')
     s = cls(dict(tensors), meta); s.path = path
     return s
 
 # %% ../nbs/05_relabel.ipynb #366cce93
 def _empty_store(E, n, B, K, topk, batch_size):
-    tensors = dict(order=torch.zeros(E, n, dtype=torch.int32), crops=torch.zeros(E, n, 4, dtype=torch.int16), flips=torch.zeros(E, n, dtype=torch.bool),
-             perm=torch.zeros(E, n, dtype=torch.int16 if batch_size < 16384 else torch.int32), lam=torch.zeros(E, B), box=torch.zeros(E, B, 4, dtype=torch.int16))
+    tensors = dict(order=torch.zeros(E, n, dtype=torch.int32), crops=torch.zeros(E, n, 4, dtype=torch.int16),
+                   flips=torch.zeros(E, n, dtype=torch.bool),
+             perm=torch.zeros(E, n, dtype=torch.int16 if batch_size < 16384 else torch.int32), lam=torch.zeros(E, B),
+                   box=torch.zeros(E, B, 4, dtype=torch.int16))
     if 0 < topk < K:
         it = torch.int16 if K <= 32767 else torch.int32
         tensors.update(values=torch.zeros(E, n, topk, dtype=torch.half), indices=torch.zeros(E, n, topk, dtype=it),
@@ -494,7 +502,8 @@ def _put(tensors, e, b, s, a:BatchAug, z:dict):
 # %% ../nbs/05_relabel.ipynb #ea08dac8
 def _relabel_fingerprint(cfg:RelabelConfig, images:torch.Tensor, com, K:int)->dict:
     "What a store's labels depend on (for resuming safely)."
-    return json.loads(json.dumps(dict(config=cfg.to_dict(), images=images_fingerprint(images), n=len(images), num_classes=K,
+    return json.loads(json.dumps(dict(config=cfg.to_dict(), images=images_fingerprint(images), n=len(images),
+                                      num_classes=K,
                                       teachers=com.names, weights=com.weights.tolist())))
 
 # %% ../nbs/05_relabel.ipynb #13a230a0

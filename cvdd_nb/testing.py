@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from .core import check_choice
-from .data import (CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR100_COARSE, CIFAR_FILES, IDX_FILES, IMAGENETTE_NAMES, TV_FOLDERS, Data,
+from .data import (CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR100_COARSE, CIFAR_FILES, IDX_FILES, IMAGENETTE_NAMES,
+                          TV_FOLDERS, Data,
                           write_idx)
 
 # %% auto #0
@@ -67,7 +68,8 @@ def write_cifar_fixture(root:str|Path,      # folder to write into (the CIFAR fo
         dump(fn, batch(f'training batch {i+1} of {len(c["train"])}', xtr[part], ytr[part]))
     dump(c['test'][0], batch('testing batch 1 of 1', xte, yte))
     names = [n.encode() for n in (CIFAR10_CLASSES if kind == 'cifar10' else CIFAR100_CLASSES)]
-    dump(c['meta'], {b'label_names': names, b'num_cases_per_batch': -(-n_train // len(c['train'])), b'num_vis': 3072} if kind == 'cifar10'
+    dump(c['meta'], {b'label_names': names, b'num_cases_per_batch': -(-n_train // len(c['train'])),
+                     b'num_vis': 3072} if kind == 'cifar10'
          else {b'fine_label_names': names, b'coarse_label_names': [n.encode() for n in CIFAR100_COARSE]})
     return root
 
@@ -76,7 +78,8 @@ def write_imagefolder_fixture(root:str|Path,          # folder to write into (be
                               classes=3,               # number of classes, or their folder names (wnids for imagenette/tiny_imagenet)
                               n_per_class:int=4,       # train images per class
                               size=16,                 # image size: int or (H, W)
-                              layout:str='plain',      # 'plain' (train/, test/), 'imagenette' (train/, val/), 'tiny_imagenet'
+                              layout:str='plain',
+                              # 'plain' (train/, test/), 'imagenette' (train/, val/), 'tiny_imagenet'
                               n_test_per_class:int=2,  # test (val) images per class
                               channels:int=3,          # 1 (grayscale) or 3 (RGB)
                               ext:str|None=None,       # file type: default png for plain, JPEG otherwise

@@ -44,7 +44,8 @@ def _status_html(fr:dict|None)->str:
             ('committee', html.escape(' + '.join(fr['committee']))),
             ('run', f"<span class='cvdd-done'>{fr['done']}</span> / {fr['total']} steps ({state})")]
     return ('<table class="cvdd-status" style="font-size:12px">' +
-            ''.join(f'<tr><td style="padding-right:8px"><b>{a}</b></td><td>{b}</td></tr>' for a, b in rows) + '</table>')
+            ''.join(f'<tr><td style="padding-right:8px"><b>{a}</b></td><td>{b}</td></tr>' for a,
+                    b in rows) + '</table>')
 
 class RecoverWatcher(_View):
     "A recover callback: a live class x IPC grid, a frame slider to scrub the run, a class picker to enlarge one class."
@@ -87,8 +88,10 @@ def _paint(self:RecoverWatcher, s:StepState):
 
 def _snap(self:RecoverWatcher, s:StepState):
     "Keep a frame of the canvas and show it."
-    self.frames.append(dict(canvas=(self.canvas * 255).round().to(torch.uint8), step=s.step, iterations=s.iterations, k=list(s.ipc_index),
-                            lr=float(s.lr), loss=float(s.loss), committee=list(s.committee), done=s.done, total=s.total))
+    self.frames.append(dict(canvas=(self.canvas * 255).round().to(torch.uint8), step=s.step, iterations=s.iterations,
+                            k=list(s.ipc_index),
+                            lr=float(s.lr), loss=float(s.loss), committee=list(s.committee), done=s.done,
+                            total=s.total))
     if len(self.frames) > self.max_frames: self.frames = self.frames[:-1:2] + self.frames[-1:]
     n = len(self.frames) - 1
     self.frame.max = n
@@ -138,7 +141,8 @@ def votes_html(names:list,              # committee members
     head = ('<table class="cvdd-votes" style="font-size:12px;border-collapse:collapse"><tr>' + th('member') + th('prior &alpha;') +
             th(f'weight at T = <span class="cvdd-t">{temperature:.3g}</span>') + th('') + (th('used') if recorded is not None else '') + '</tr>')
     rows = ''.join(f'<tr><td style="padding-right:8px">{html.escape(n)}</td><td style="padding:0 8px">{p:.2f}</td>'
-                   f'<td style="width:160px"><div class="cvdd-bar" style="width:{100 * v:.1f}%;min-width:1px;height:12px;background:#4c72b0"></div></td>'
+                   f'<td style="width:160px"><div class="cvdd-bar" '
+                   f'style="width:{100 * v:.1f}%;min-width:1px;height:12px;background:#4c72b0"></div></td>'
                    f'<td class="cvdd-w" style="padding:0 8px">{v:.4f}</td>' + (f'<td>{float(recorded[i]):.4f}</td>' if recorded is not None else '') + '</tr>'
                    for i, (n, p, v) in enumerate(zip(names, priors, w)))
     return head + rows + '</table>'
@@ -152,7 +156,8 @@ def votes_figure(names:list, priors:list, temperature:float,
     w, xs = vote_weights(priors, temperature), list(range(len(names)))
     curves = terms is not None and len(terms['step']) > 0
     fig = Figure(figsize=(8.4 if curves else 3.0, 2.5))          # fixed axes positions: fast enough to redraw live
-    axs = [fig.add_axes((0.08, 0.22, 0.25, 0.66)), fig.add_axes((0.41, 0.22, 0.26, 0.66)), fig.add_axes((0.73, 0.22, 0.26, 0.66))] if curves \
+    axs = [fig.add_axes((0.08, 0.22, 0.25, 0.66)), fig.add_axes((0.41, 0.22, 0.26,
+                                                                 0.66)), fig.add_axes((0.73, 0.22, 0.26, 0.66))] if curves \
           else [fig.add_axes((0.2, 0.22, 0.75, 0.66))]
     ax = axs[0]
     ax.bar(xs, w.tolist(), color='#4c72b0', label=f'softmax(α/T), T={temperature:.3g}')
@@ -180,7 +185,8 @@ _TEMPS = (0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 7.0, 10.0, 15.0, 20.0, 30.0, 50.0, 100.0
 class VoteInspector(_View):
     ("Committee, vote weights, priors and temperature per IPC index, members' loss terms over the iterations, and a "
      "temperature slider.")
-    def __init__(self, plan:list,             # per IPC index: dict(k, names, weights), from `committee_plan` or `Recovered.votes()`
+    def __init__(self, plan:list,
+                 # per IPC index: dict(k, names, weights), from `committee_plan` or `Recovered.votes()`
                  priors:dict,                 # {expert name: prior alpha}
                  temperature:float=5.0,       # the T that made the plan's weights
                  voter:str='prior',           # the plan's voter ('prior', 'equal', 'random')
@@ -244,7 +250,8 @@ def _render(self:VoteInspector):
     e, T, names = self.entry, self.temp.value, self.names
     pri, used = [self.priors[n] for n in names], [float(v) for v in e['weights']]
     how = 'softmax(&alpha; / T)' if self.voter == 'prior' else f"the <b>{self.voter}</b> voter (the slider shows what prior voting would give)"
-    self.header.value = (f"<div style='font-size:12px'>IPC index <b>{e['k']}</b>: committee <b>{html.escape(' + '.join(names))}</b>; "
+    self.header.value = (f"<div style='font-size:12px'>IPC index <b>{e['k']}</b>: committee "
+                         f"<b>{html.escape(' + '.join(names))}</b>; "
                          f'the run used T = {self.temperature:g} and {how}.</div>')
     self.table.value = votes_html(names, pri, self.weights, T, used)
     self.plot.value = fig_png(votes_figure(names, pri, T, used, self.terms_of(), f"IPC index {e['k']}"))
@@ -278,8 +285,10 @@ def _load_history(self:VoteInspector, history)->VoteInspector:
 VoteInspector.record, VoteInspector.__call__, VoteInspector.load_history = _record, _inspect, _load_history
 
 # %% ../nbs/07_widgets.ipynb #508028cd
-_POOL_COLS = [('expert', 'name', '{}'), ('architecture', 'arch', '{}'), ('width', 'width', '{:g}'), ('parameters', 'params', '{:,}'),
-              ('train acc %', 'train_acc', '{:.1f}'), ('test acc %', 'test_acc', '{:.1f}'), ('prior α', 'prior', '{:.2f}')]
+_POOL_COLS = [('expert', 'name', '{}'), ('architecture', 'arch', '{}'), ('width', 'width',
+                                                                         '{:g}'), ('parameters', 'params', '{:,}'),
+              ('train acc %', 'train_acc', '{:.1f}'), ('test acc %', 'test_acc',
+                                                       '{:.1f}'), ('prior α', 'prior', '{:.2f}')]
 
 def pool_rows(pool:ExpertPool, priors:list|None=None)->list:
     "One dict per expert: name, arch, width, params, train_acc, test_acc, prior (default: its test accuracy)."
