@@ -242,11 +242,11 @@ def tick(name):
     if name == kind and counts[name] == k: os.kill(os.getpid(), signal.SIGKILL)
 import cvdd_nb.relabel as RL, cvdd_nb.evaluate as EV
 from cvdd_nb import pipeline
-_cl, _st, _rep = RL.compress_logits, EV._step, os.replace
+_cl, _st, _rep = RL.compress_logits, EV.StudentStep.__call__, os.replace
 def cl(*a, **kw): tick('relabel'); return _cl(*a, **kw)          # once per labelled batch
-def st(*a, **kw): tick('evaluate'); return _st(*a, **kw)         # once per student optimiser step
+def st(self, *a, **kw): tick('evaluate'); return _st(self, *a, **kw)   # once per student optimiser step
 def rep(a, b): tick('write'); return _rep(a, b)                  # atomic_write: temp file complete, not yet renamed
-RL.compress_logits, EV._step, os.replace = cl, st, rep
+RL.compress_logits, EV.StudentStep.__call__, os.replace = cl, st, rep
 pipeline.run(json.load(open(cfg_path)), out=out, callbacks=[lambda s: tick('recover')])
 print(json.dumps(counts))
 '''
