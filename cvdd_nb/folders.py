@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .core import CVDDError, atomic_write, check_choice
+from .data import GRAY_MODES, image_heads
 
 # %% auto #0
 __all__ = ['FORMATS', 'LAYOUTS', 'READABLE', 'as_uint8', 'image_bytes', 'class_folders', 'image_paths', 'folder_layout',
@@ -194,14 +195,9 @@ def _listing(root:Path, layout:str)->tuple:
 # %% ../nbs/01a_folders.ipynb #57b272c1
 def _pixels(files:list, channels:int|None)->np.ndarray:
     "uint8 (N, C, H, W) of image files of one size (grey if `channels` is None and every file is grey)."
-    from PIL import Image, UnidentifiedImageError
-    heads = []
-    for f in files:
-        try:
-            with Image.open(f) as im: heads.append((im.size, im.mode))
-        except (OSError, UnidentifiedImageError) as e:
-            raise CVDDError(f'cannot read image {f}: {e}', 'remove or replace the damaged file') from None
-    channels = channels or (1 if all(m in ('1', 'L', 'LA', 'I', 'I;16', 'F') for _, m in heads) else 3)
+    from PIL import Image
+    heads = image_heads(files)
+    channels = channels or (1 if all(m in GRAY_MODES for _, m in heads) else 3)
     check_choice('channels', channels, [1, 3])
     odd = next((i for i, (s, _) in enumerate(heads) if s != heads[0][0]), None)
     if odd is not None:
