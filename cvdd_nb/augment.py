@@ -166,7 +166,8 @@ def draw_batch(idx:torch.Tensor,          # the batch's image indices
     flips = torch.from_numpy(rng.random(n) < 0.5) if flip else torch.zeros(n, dtype=torch.bool)
     if config.mix == 'none':
         return BatchAug(idx, crops, flips, torch.arange(n), 1.0, torch.zeros(4, dtype=torch.long), 'none')
-    perm, lam = torch.from_numpy(rng.permutation(n)).long(), float(np.float32(rng.beta(config.mix_beta, config.mix_beta)))
+    perm = torch.from_numpy(rng.permutation(n)).long()
+    lam = float(np.float32(rng.beta(config.mix_beta, config.mix_beta)))
     box = (0, 0, 0, 0)
     if config.mix == 'cutmix':
         box = cutmix_box(rng, H, W, lam)

@@ -189,7 +189,8 @@ def folder_fits(root:str|Path,     # an image folder (any layout) or a run folde
     from PIL import Image
     root = find_image_folder(root); layout = folder_layout(root)
     files = sorted(f for f in root.rglob('*') if f.is_file() and f.suffix.lower() in READABLE)
-    classes = len({f.name.split('_')[0] for f in files}) if layout == 'flat' else sum(d.is_dir() for d in root.iterdir())
+    classes = (len({f.name.split('_')[0] for f in files}) if layout == 'flat' else
+               sum(d.is_dir() for d in root.iterdir()))
     try:
         with Image.open(files[0]) as im: w, h = im.size
     except OSError as e:
@@ -335,8 +336,8 @@ def build_parser()->argparse.ArgumentParser:
                             help='a whole run from a config: experts, priors, recover, relabel, evaluate, report'))
     for st in ('recover', 'relabel', 'evaluate'): _add_run(sub.add_parser(st, help=f'a run up to and including {st}'))
     sh = sub.add_parser('show', help="print a finished run's accuracy table"); sh.add_argument('run', help='run folder')
-    ex = sub.add_parser('experts',
-                        help='train, list, check or import expert pools').add_subparsers(dest='experts_cmd', required=True)
+    ex = sub.add_parser('experts', help='train, list, check or import expert pools')
+    ex = ex.add_subparsers(dest='experts_cmd', required=True)
     t = ex.add_parser('train', help='train (or resume) a pool of experts')
     _add_data(t)
     t.add_argument('--arch', nargs='+', default=DEMO_POOL,

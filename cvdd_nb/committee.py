@@ -286,5 +286,6 @@ def committee_plan(pool:ExpertPool, config, priors:list|None=None, data:Data|Non
 def votes_markdown(plan:list)->str:
     "A markdown table of a committee plan (or of `Recovered.votes()`)."
     rows = ['| IPC index | committee | weights |', '|---|---|---|']
-    rows += [f"| {p['k']} | {', '.join(p['names'])} | {', '.join(f'{float(w):.3f}' for w in p['weights'])} |" for p in plan]
+    rows += [f"| {p['k']} | {', '.join(p['names'])} | {', '.join(f'{float(w):.3f}' for w in p['weights'])} |"
+             for p in plan]
     return '\n'.join(rows)

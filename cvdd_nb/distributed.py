@@ -132,9 +132,11 @@ def distributed_relabel(images:torch.Tensor, teachers, info:DatasetInfo,
 # %% ../nbs/09_distributed.ipynb #bb751f83
 def _no_buffer_sync()->dict:
     "DDP arguments that stop it from broadcasting buffers at every forward (the name changed in recent PyTorch)."
-    return dict(forward_sync_buffers=False) if 'forward_sync_buffers' in inspect.signature(DDP.__init__).parameters else dict(broadcast_buffers=False)
+    new = 'forward_sync_buffers' in inspect.signature(DDP.__init__).parameters
+    return dict(forward_sync_buffers=False) if new else dict(broadcast_buffers=False)
 
-def _bns(model:nn.Module)->list: return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+def _bns(model:nn.Module)->list:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
 
 # %% ../nbs/09_distributed.ipynb #b74f2085
 class DDPStudentStep(StudentStep):

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 from safetensors.torch import load as st_load, save as st_save
 
-from .core import CVDDError, Config, atomic_write, autocast, get_device, load_json, progress, resolve_auto, save_json, set_seed, tally, versions
+from .core import (CVDDError, Config, atomic_write, autocast, get_device, load_json, progress, resolve_auto,
+                          save_json, set_seed, tally, versions)
 from .data import Data, DatasetInfo, Split, class_counts, denormalize, normalize, per_class_subset
 from .models import create_model
 from .experts import evaluate_model
@@ -95,7 +96,9 @@ class StudentRun:
     acc:float|None           # final-epoch top-1 on the test split, percent
     history:list             # per epoch: epoch, lr, loss (and acc when tested)
     seconds:float
-    def __repr__(self): return f'StudentRun(acc={self.acc}, epochs={len(self.history)}, final loss {self.history[-1]["loss"]:.4f}, {self.seconds:.1f} s)'
+    def __repr__(self):
+        return (f'StudentRun(acc={self.acc}, epochs={len(self.history)}, final loss {self.history[-1]["loss"]:.4f}, '
+                f'{self.seconds:.1f} s)')
 
 # %% ../nbs/06_evaluate.ipynb #f8c6833e
 def _student(cfg:EvalConfig, info:DatasetInfo)->nn.Module:
@@ -127,7 +130,7 @@ class StudentStep:
 def student_epoch(model:nn.Module, opt, source,     # the student, its optimiser, the label source (replays the views)
                   x_all:torch.Tensor, y_all:torch.Tensor,   # all images and classes, on the device
                   epoch:int, cfg:EvalConfig, hard:bool,
-                  step,                              # step(x, z, y, y_b, lam) -> the batch's summed loss (one process, or DDP)
+                  step,                              # step(x, z, y, y_b, lam) -> the batch's summed loss
                   channels_last:bool=False, test:Split|None=None, info:DatasetInfo|None=None)->dict:
     ("One student epoch: the smoothed-cosine lr, `step` on every replayed batch, and the epoch's record (and test "
      "accuracy every `eval_every`).")
@@ -240,7 +243,9 @@ class EvalResult:
     def from_dict(cls, d:dict)->EvalResult:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
-    def __repr__(self): return f'EvalResult({self.method}: {self.mean:.2f} ± {self.std:.2f} % over {len(self.accs)} seed(s), {self.labels} labels, {self.student})'
+    def __repr__(self):
+        return (f'EvalResult({self.method}: {self.mean:.2f} ± {self.std:.2f} % over {len(self.accs)} seed(s), '
+                f'{self.labels} labels, {self.student})')
 
 def _ipc(labels:torch.Tensor, num_classes:int)->int|None:
     c = class_counts(labels, num_classes); return int(c[0]) if bool((c == c[0]).all()) else None
@@ -262,8 +267,8 @@ def evaluate_set(images:torch.Tensor, labels:torch.Tensor, info:DatasetInfo,
     if store is None: rcfg = rcfg.replace(epochs=cfg.epochs)
     src = label_source(images, teachers, info, rcfg, priors, names, hard=hard, store=store, device=device, quiet=quiet)
     com = getattr(src, 'committee', None)
-    tw = (src.teachers, src.weights) if isinstance(src, LabelStore) else (com.names,
-                                                                          com.weights.tolist()) if com is not None else (None, None)
+    tw = ((src.teachers, src.weights) if isinstance(src, LabelStore) else
+          (com.names, com.weights.tolist()) if com is not None else (None, None))
     lab = None if hard else json.loads(json.dumps(dict(config=src.config.to_dict(), teachers=tw[0], weights=tw[1])))
     runs = [_seed_run(images, labels, info, src, cfg, s, test, hard, device, quiet, out, lab) for s in seeds]
     return EvalResult(method, [r['acc'] for r in runs], list(seeds), 'hard' if hard else 'soft', cfg.student,
@@ -315,7 +320,9 @@ class ResultsTable:
 
     def to_markdown(self)->str:
         "The table as GitHub markdown."
-        head = (f'**{self.title}**\n\n' if self.title else '') + '| method | labels | student | IPC | epochs | top-1 % (mean ± std) | seeds | per seed |\n|---|---|---|---|---|---|---|---|'
+        head = ((f'**{self.title}**\n\n' if self.title else '')
+                + '| method | labels | student | IPC | epochs | top-1 % (mean ± std) | seeds | per seed |\n'
+                + '|---|---|---|---|---|---|---|---|')
         return head + ''.join(f"\n| {r['method']} | {r['labels']} | {r['student']} | "
                               f"{r['ipc'] if r['ipc'] is not None else '-'} | {r['epochs']} | "
                               f"{r['mean']:.2f} ± {r['std']:.2f} | {r['seeds']} | "
@@ -402,8 +409,8 @@ class DistilledSet:
         return _ipc(self.labels, self.info.num_classes)
     def __repr__(self):
         return (f'DistilledSet({self.method}, {self.info.name}: {len(self)} images {tuple(self.images.shape[1:])}, '
-                f'IPC {self.ipc}, '
-                f'labels: {"stored, " + str(self.store.epochs) + " epochs" if self.store is not None else "made on demand"})')
+                f'IPC {self.ipc}, labels: '
+                f'{"stored, " + str(self.store.epochs) + " epochs" if self.store is not None else "made on demand"})')
 
     def images01(self)->torch.Tensor: return denormalize(self.images, self.info)
     def to_uint8(self)->torch.Tensor:
@@ -489,7 +496,7 @@ def from_folder(cls:DistilledSet, root:str|Path,
 @patch
 def export_folder(self:DistilledSet, root:str|Path,
                   layout:str='reference',    # 'reference' (new{c:03d}/class{c:03d}_id{k:03d}) or 'imagefolder'
-                  fmt:str='png',             # 'png' (lossless) or 'jpg' (what the reference writes and its relabel counts)
+                  fmt:str='png',             # 'png' (lossless) or 'jpg' (what the reference writes and reads)
                   quality:int=95)->Path:     # JPEG quality
     "Write the set's 8-bit images as files in `layout`, for the reference's tools or any `ImageFolder` reader."
     return write_image_folder(root, self.images01(), self.labels, self.info.class_names, layout, fmt, quality)
@@ -529,7 +536,7 @@ DDRANKING_CALL = ("SoftLabelEvaluator(Config.from_file(...)).compute_metrics(ima
 # %% ../nbs/06_evaluate.ipynb #33639343
 @patch
 def export_ddranking(self:DistilledSet, path:str|Path,
-                     teachers=None,                # ExpertPool etc.: write labels.pt, their committee's logits per image
+                     teachers=None,                # ExpertPool etc.: write labels.pt (their committee's logits)
                      syn_lr:float|None=None,       # a student learning rate for lr.pt (None: DD-Ranking searches one)
                      device=None)->Path:
     ("Write DD-Ranking's inputs into `path`: images.pt (normalised, class-major, IPC per class), labels.pt (soft), "

@@ -287,7 +287,7 @@ def train_expert(arch:str,                      # a `create_model` name, e.g. 'r
 
 # %% ../nbs/03_experts.ipynb #bc435685
 def _check(self:Expert, info:DatasetInfo,
-           min_margin:float|None=None):   # points above chance it must score; None: what it was last accepted with (5.0 at first)
+           min_margin:float|None=None):   # points above chance it must score; None: as last accepted (first 5.0)
     "Raise a `CVDDError` if this expert does not fit `info`; return self (remembering the margin it passed with)."
     min_margin = getattr(self, 'min_margin', 5.0) if min_margin is None else min_margin
     m, who = self.meta, f'expert {self.name!r} (trained on {self.meta.dataset})'
@@ -337,13 +337,14 @@ def _check_meta(d:dict, where:Path)->dict:
                                  'the file was edited by hand or damaged: retrain or restore the expert')
     a = d['arch']
     if not isinstance(a.get('name'), str): raise bad('arch has no model name')
-    if not all(isinstance(c,
-                          str) for c in d['class_names']) or len(d['class_names']) != a.get('num_classes', len(d['class_names'])):
+    if (not all(isinstance(c, str) for c in d['class_names'])
+            or len(d['class_names']) != a.get('num_classes', len(d['class_names']))):
         raise bad(f'class_names must be {a.get("num_classes")} strings (one per output of the model)')
     if len(d['img_size']) != 2 or not all(isinstance(v, int) and not isinstance(v,
                                                                                 bool) and v > 0 for v in d['img_size']):
         raise bad(f'img_size must be [H, W], got {d["img_size"]}')
-    if not len(d['mean']) == len(d['std']) == d['in_chans'] or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in d['mean'] + d['std']):
+    if (not len(d['mean']) == len(d['std']) == d['in_chans']
+            or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in d['mean'] + d['std'])):
         raise bad(f'mean and std must be {d["in_chans"]} finite numbers each')
     return d
 
@@ -458,7 +459,8 @@ def resolve_pool(ref:str|Path)->Path:
     root = zoo_root(); path = root/name/snap if snap else root/name
     if not (path/'pool.json').exists():
         have = sorted(p.name for p in root.iterdir() if (p/'pool.json').exists()) if root.is_dir() else []
-        raise CVDDError(f'{ref}: no zoo pool at {path}' + (f' (the zoo in {root} holds: {", ".join(have)})' if have else f' ({root} holds no zoo)'),
+        raise CVDDError(f'{ref}: no zoo pool at {path}'
+                        + (f' (the zoo in {root} holds: {", ".join(have)})' if have else f' ({root} holds no zoo)'),
                         f'use one of the zoo names, build it with `cvdd experts train --zoo {name}`, or set '
                         f'${ZOO_ENV} to the folder that holds it')
     return path
@@ -485,7 +487,7 @@ def check_rebuild(self:Expert)->Expert:
 
 # %% ../nbs/03_experts.ipynb #2c0a512e
 def _pool_save(self:ExpertPool, path:str|Path,
-               index_only:bool=False)->Path:  # write only pool.json and pool.md (the experts are in their folders already)
+               index_only:bool=False)->Path:  # write only pool.json and pool.md (the experts are saved already)
     "Save every expert to `path/<name>/`, the pool's index to `path/pool.json` and its table to `pool.md`."
     path = Path(path)
     for e in self.experts: e.check_rebuild()         # before anything is written

@@ -113,7 +113,8 @@ def fkd_shape(root:str|Path)->tuple:
                                                                             f'epoch_0..epoch_{len(epochs) - 1}'),
                         'point at the folder the reference relabel wrote (epoch_0/batch_0.tar ...), with nothing else '
                         'in it')
-    counts = {e: sorted(int(m[1]) for p in (root/f'epoch_{e}').iterdir() if (m := _BATCH.fullmatch(p.name))) for e in epochs}
+    counts = {e: sorted(int(m[1]) for p in (root/f'epoch_{e}').iterdir() if (m := _BATCH.fullmatch(p.name)))
+              for e in epochs}
     bad = next((e for e, b in counts.items() if b != list(range(len(counts[0]))) or not b), None)
     if bad is not None:
         raise CVDDError(f'{root/f"epoch_{bad}"} holds batches {counts[bad][:5]}..., epoch_0 holds '
@@ -161,7 +162,8 @@ def store_from_fkd(root:str|Path,            # the reference's <fkd>_bs{B}_ipc{N
             if len(v['crops']) != f - s:
                 raise _bad(where, f'{len(v["crops"])} images, batch {b} of {n} images in batches of {B} has {f - s}')
             if 'logits' not in t: t['logits'] = torch.zeros(E, n, K, dtype=v['logits'].dtype)
-            t['crops'][e, s:f], t['flips'][e, s:f], t['perm'][e, s:f], t['logits'][e, s:f] = v['crops'].short(), v['flips'], v['perm'].to(t['perm'].dtype), v['logits'].to(t['logits'].dtype)
+            t['crops'][e, s:f], t['flips'][e, s:f] = v['crops'].short(), v['flips']
+            t['perm'][e, s:f], t['logits'][e, s:f] = v['perm'].to(t['perm'].dtype), v['logits'].to(t['logits'].dtype)
             t['lam'][e, b], t['box'][e, b] = v['lam'], v['box'].short(); mixes.add(v['mix'])
     if len(mixes) != 1: raise CVDDError(f'{root} mixes {sorted(mixes)} between batches', 'use files of one relabel run')
     cfg = RelabelConfig(epochs=E, batch_size=B, sub_batch=math.ceil(B / 2), mix=mixes.pop(),

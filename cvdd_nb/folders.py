@@ -75,7 +75,8 @@ def image_paths(labels,                   # the class of each image (N,), in the
                         f'per class', "write layout='imagefolder' (its numbers widen as needed)")
     folders, w, k, out = class_folders(class_names), max(3, len(str(most - 1))), [0] * K, []
     for c in labels:
-        out.append(f'new{c:03d}/class{c:03d}_id{k[c]:03d}.{fmt}' if layout == 'reference' else f'{folders[c]}/{k[c]:0{w}d}.{fmt}')
+        out.append(f'new{c:03d}/class{c:03d}_id{k[c]:03d}.{fmt}' if layout == 'reference' else
+                   f'{folders[c]}/{k[c]:0{w}d}.{fmt}')
         k[c] += 1
     return out
 
@@ -115,7 +116,8 @@ def folder_layout(root:str|Path)->str:
     if empty:
         raise CVDDError(f'class folder(s) {empty[:5]} in {root} hold no images',
                         f'add images ({", ".join(READABLE)}) or remove the folder')
-    if all(_REF_DIR.fullmatch(d.name) for d in dirs) and all(_REF_FILE.fullmatch(f.name) for d in dirs for f in _class_files(d)):
+    if (all(_REF_DIR.fullmatch(d.name) for d in dirs)
+            and all(_REF_FILE.fullmatch(f.name) for d in dirs for f in _class_files(d))):
         return 'reference'
     return 'imagefolder'
 
@@ -127,7 +129,8 @@ def _ours_only(root:Path)->bool:
     "True if `root` holds only class folders and image files named as `write_image_folder` names them (and temp files)."
     for d in root.iterdir():
         if not d.is_dir() or not (_OURS_DIR.fullmatch(d.name) or _REF_DIR.fullmatch(d.name)): return False
-        if not all(f.is_file() and (_OURS_FILE.fullmatch(f.name) or _REF_FILE.fullmatch(f.name) or _is_temp(f)) for f in d.iterdir()):
+        if not all(f.is_file() and (_OURS_FILE.fullmatch(f.name) or _REF_FILE.fullmatch(f.name) or _is_temp(f))
+                   for f in d.iterdir()):
             return False
     return True
 
@@ -216,9 +219,8 @@ def read_image_folder(root:str|Path,          # an image folder, or a run folder
     "Read a distilled set's image files and their labels, in `ImageFolder` order."
     root = find_image_folder(root)
     found = folder_layout(root)
-    if layout != 'auto' and check_choice('folder layout', layout,
-                                         LAYOUTS + ('flat',
-                                                    )) != found and not (layout == 'imagefolder' and found == 'reference'):
+    if (layout != 'auto' and check_choice('folder layout', layout, LAYOUTS + ('flat',)) != found
+            and not (layout == 'imagefolder' and found == 'reference')):
         raise CVDDError(f'{root} is in the {found} layout, not {layout}', f"pass layout='auto' (or '{found}')")
     files, labels, classes = _listing(root, found if layout == 'auto' else layout)
     return FolderImages(torch.from_numpy(np.ascontiguousarray(_pixels(files, channels))),

@@ -12,7 +12,8 @@ import torch
 from .core import (CVDDError, Config, RunDir, atomic_write, check_choice, get_device, load_json, make_generator,
                           parse_arch_spec,
                           save_json, set_seed)
-from .data import Data, class_counts, list_datasets, load_dataset, holdout_split, per_class_indices, per_class_subset
+from .data import (Data, class_counts, list_datasets, load_dataset, holdout_split, per_class_indices,
+                          per_class_subset)
 from .models import list_models
 from .experts import ExpertPool, ExpertRecipe, resolve_pool, train_pool
 from .committee import committee_plan, compute_priors, votes_markdown
@@ -44,7 +45,7 @@ class ExpertsSettings(Config):
     train_per_class:int = 0   # train the experts on this many random images per class (0: all; a CPU budget)
     min_margin:float = 5.0    # refuse experts within this many points of chance
     teachers:str = ''         # another pool makes the soft labels (default: this one), e.g. its early snapshots
-                              # 'zoo:fashion_mnist@e1' (weak teachers); its experts vote with the priors of their namesakes
+                              # 'zoo:fashion_mnist@e1' (weak teachers); they vote with their namesakes' priors
 
 @dataclasses.dataclass
 class PriorSettings(Config):
@@ -114,7 +115,8 @@ class RunConfig(Config):
 
     def stage_configs(self)->dict:
         "The checked settings object of every stage."
-        ex, pr, ev = ExpertsSettings.from_dict(self.experts), PriorSettings.from_dict(self.priors), EvalSettings.from_dict(self.evaluate)
+        ex, pr = ExpertsSettings.from_dict(self.experts), PriorSettings.from_dict(self.priors)
+        ev = EvalSettings.from_dict(self.evaluate)
         check_choice('prior mode', pr.mode, ('accuracy', 'equal', 'given', 'distill'))
         for m in ev.methods: check_choice('method', m, METHODS)
         if not ev.seeds: raise CVDDError('[evaluate] seeds is empty', 'give at least one seed, e.g. seeds = [0, 1, 2]')
@@ -383,7 +385,7 @@ def stage_evaluate(rd:RunDir, cfg:RunConfig, data:Data, sets:dict, stores:dict, 
                 r = evaluate_set(x, y, data.info, data.test, relabel_config=sc['relabel'], config=student,
                                  seeds=tuple(sc['evaluate'].seeds),
                                  hard=kind == 'hard', store=stores.get(m), method=m, device=device, quiet=quiet,
-                                 out=folder/'seeds'/m)                     # finished seeds and the student in training survive a kill
+                                 out=folder/'seeds'/m)     # finished seeds and the student in training survive a kill
                 folder.mkdir(parents=True, exist_ok=True); save_json(p, r.to_dict()); rows.append(r)
                 shutil.rmtree(folder/'seeds'/m, ignore_errors=True)      # the method's JSON now holds every seed
             tables[tag] = ResultsTable(rows, f'{data.info.name}, IPC {cfg.ipc}, {tag} student')

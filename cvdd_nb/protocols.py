@@ -11,7 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import CVDDError, Config, check_choice, get_device, load_json, make_generator, progress, save_json, set_seed, tally
+from .core import (CVDDError, Config, check_choice, get_device, load_json, make_generator, progress, save_json,
+                          set_seed, tally)
 from .data import DatasetInfo, Split
 from .models import create_model
 from .experts import NO_FLIP, evaluate_model

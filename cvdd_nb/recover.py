@@ -463,10 +463,11 @@ class _UnitState:
 class _Placed:
     ("Move models to `device` (channels-last on CUDA, or as `channels_last` says) for a `with` block, then back where "
      "they were.")
-    def __init__(self, models, device,
-                 channels_last:bool|None=None): self.models, self.device, self.channels_last = list(models), device, channels_last
+    def __init__(self, models, device, channels_last:bool|None=None):
+        self.models, self.device, self.channels_last = list(models), device, channels_last
     def __enter__(self):
-        self.prev, self.channels_last = [next(m.parameters()).device for m in self.models], self.device.type == 'cuda' if self.channels_last is None else self.channels_last
+        self.prev = [next(m.parameters()).device for m in self.models]
+        if self.channels_last is None: self.channels_last = self.device.type == 'cuda'
         for m in self.models:
             m.eval().to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
         return self
@@ -486,7 +487,8 @@ def _fingerprint(cfg:RecoverConfig, pool:ExpertPool, priors:list, info:DatasetIn
 class _Run:
     "One recover run (see `recover`)."
     def __init__(self, pool, data, cfg, out, callbacks, priors, stop_after, quiet, share:Share|None=None):
-        self.pool, self.data, self.info, self.cfg, self.callbacks, self.priors = pool, data, data.info, cfg, list(callbacks), priors
+        self.pool, self.data, self.info, self.cfg = pool, data, data.info, cfg
+        self.callbacks, self.priors = list(callbacks), priors
         self.share = share or Share()
         self.out, self.stop_after, self.steps = (Path(out) if out is not None else None), stop_after, 0
         self.quiet = quiet or not self.share.main
@@ -500,7 +502,8 @@ class _Run:
         self.fingerprint = _fingerprint(cfg, pool, priors, self.info)
         self.checkpoints = self.out/'checkpoint' if self.out is not None else None
         self._compiled = {}
-        self.progress_file = f'progress.rank{self.share.rank}.safetensors' if self.share.active else 'progress.safetensors'  # one per process
+        rank = f'.rank{self.share.rank}' if self.share.active else ''           # one progress file per process
+        self.progress_file = f'progress{rank}.safetensors'
         self.lr_scale, self.bad, self.skipped = 1.0, 0, False              # non-finite steps (see `nonfinite`)
 
 # %% ../nbs/04_recover.ipynb #bf6f3321
@@ -614,7 +617,8 @@ def nonfinite(self:_Run, group:list, step:int, loss:float):
     "After a skipped (non-finite) step: halve the lr for the rest of the group; give up after `MAX_BAD_STEPS` in a row."
     self.bad += 1; self.lr_scale /= 2; keys = ', '.join(u.key for u in group)
     if self.bad >= MAX_BAD_STEPS:
-        kept = f'the last good checkpoint is kept in {self.checkpoints}: rerun to resume from it if the fault was transient' if self.checkpoints is not None else 'pass out= to keep checkpoints'
+        kept = (f'the last good checkpoint is kept in {self.checkpoints}: rerun to resume from it if the fault was '
+                f'transient' if self.checkpoints is not None else 'pass out= to keep checkpoints')
         raise CVDDError(f'recover stopped: the loss, gradients or images were NaN/inf on {self.bad} steps in a row '
                         f'(units {keys}, step {step} of {self.cfg.iterations}, loss {loss}), even at '
                         f'{self.lr_scale * 2:g} x the lr',
@@ -686,7 +690,8 @@ def run_group(self:_Run, gi:int, group:list, bank)->dict:
     models, names = [self.pool[i].model for i in used], [self.pool.names[i] for i in used]
     # what runs the steps (compiled or not); hooks sit on `models`
     nets = [self.net(i) for i in used]
-    votes, y = torch.stack([u.weights for u in group]).to(self.device), torch.tensor([c for u in group for c in u.classes], device=self.device)
+    votes = torch.stack([u.weights for u in group]).to(self.device)
+    y = torch.tensor([c for u in group for c in u.classes], device=self.device)
     self.lr_scale, self.bad = 1.0, 0                                     # each group starts at the configured lr
     step, states = self.load_progress(gi, group) or (0, [self.fresh(u, bank) for u in group])
     self.done += step; self.bar.update(step)
@@ -730,7 +735,8 @@ def open_checkpoints(self:_Run):
 @patch
 def check_same(self:_Run, found:dict|None, where:Path):
     if found != self.fingerprint:
-        diff = sorted(k for k in set(self.fingerprint['config']) | set((found or {}).get('config', {})) if self.fingerprint['config'].get(k) != (found or {}).get('config', {}).get(k))
+        mine, theirs = self.fingerprint['config'], (found or {}).get('config', {})
+        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
         other = [k for k in ('experts', 'priors', 'dataset', 'classes') if self.fingerprint[k] != (found or {}).get(k)]
         raise CVDDError(f'{where.parent} holds another recover run (differs in: '
                         f'{", ".join(diff + other) or "unknown"})',
@@ -782,7 +788,8 @@ def recover(pool:ExpertPool,            # the experts (checked against `data`)
     "Synthesise `ipc` images per class by committee voting; None if stopped early (rerun to resume)."
     cfg = RecoverConfig.coerce(config, **kw)
     pool.check(data.info)
-    priors = [float(p) for p in priors] if priors is not None else compute_priors(pool, cfg.prior, cfg.prior_values, data)
+    priors = ([float(p) for p in priors] if priors is not None else
+              compute_priors(pool, cfg.prior, cfg.prior_values, data))
     if len(priors) != len(pool):
         raise CVDDError(f'{len(priors)} priors for {len(pool)} experts', 'give one prior per expert')
     if not all(math.isfinite(p) for p in priors):

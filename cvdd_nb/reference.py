@@ -83,7 +83,8 @@ def shufflenet_key(k:str,                 # a key of the reference's ShuffleNetV
         return f'features.{0 if m[2] == "1" else 1 + sum(blocks)}.{_pair(m[1])}.{m[3]}'
     if m := re.fullmatch(r'layer([1-3])\.(\d+)\.(conv|bn)([1-5])\.(\w+)', k):
         j, i = int(m[2]), int(m[4])
-        return f'features.{start[int(m[1]) - 1] + j}.{_DOWN_BRANCH[i - 1] if j == 0 else f"right.{i - 1}"}.{_pair(m[3])}.{m[5]}'
+        branch = _DOWN_BRANCH[i - 1] if j == 0 else f'right.{i - 1}'
+        return f'features.{start[int(m[1]) - 1] + j}.{branch}.{_pair(m[3])}.{m[5]}'
     return _head(k)
 
 # %% ../nbs/03b_reference.ipynb #c68e5647
@@ -152,7 +153,8 @@ def reorder_dense_inputs(sd:dict,            # a renamed reference DenseNet stat
             if c0 is None: c0, k, g = m.body[0].num_features, 0, m.body[5].out_channels   # a block starts
             _permute_inputs(sd, f'features.{i}.body.0', f'features.{i}.body.2.weight', dense_order(c0, k, g)); k += 1
         elif isinstance(m, nn.BatchNorm2d) and c0 is not None:                         # a transition, or the end
-            nxt = f'features.{i + 2}.weight' if i + 2 < len(feats) and isinstance(feats[i + 2], nn.Conv2d) else 'classifier.weight'
+            nxt = (f'features.{i + 2}.weight' if i + 2 < len(feats) and isinstance(feats[i + 2], nn.Conv2d)
+                   else 'classifier.weight')
             _permute_inputs(sd, f'features.{i}', nxt, dense_order(c0, k, g)); c0 = None
     return sd
 
@@ -186,7 +188,7 @@ def _reference_meta(model, name, info, ref, family, path:Path)->ExpertMeta:
 def reference_expert(path:str|Path,        # the reference's `<Name>.pth`
                      name:str,             # which of `REFERENCE_NAMES`
                      info:DatasetInfo,     # the dataset it was trained on
-                     family:str|None=None)->Expert:  # 'cifar' or 'torchvision' (default: the reference's for the dataset)
+                     family:str|None=None)->Expert:  # 'cifar' or 'torchvision' (default: the reference's choice)
     "One of the reference's experts as ours, with its normalisation, size and class names."
     path, ref = Path(path), reference_settings(info); family = family or ref['family']
     arch = REFERENCE_ARCHS[check_choice('model family', family,
@@ -258,7 +260,8 @@ def _reference_files(src:Path, names:list|None)->dict:
     have = {n: src/f'{n}.pth' for n in REFERENCE_NAMES if (src/f'{n}.pth').is_file()}
     if names is None and not have:
         other, want = sorted(p.name for p in src.iterdir())[:5], ', '.join(n + '.pth' for n in REFERENCE_NAMES)
-        raise CVDDError(f"{src} holds none of the reference's files ({want})" + (f'; it holds {", ".join(other)}' if other else ''),
+        raise CVDDError(f"{src} holds none of the reference's files ({want})"
+                        + (f'; it holds {", ".join(other)}' if other else ''),
                         "point at the reference pool's folder for one dataset")
     missing = [n for n in names or [] if check_choice('reference model', n, REFERENCE_NAMES) not in have]
     if missing:

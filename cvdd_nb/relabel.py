@@ -171,9 +171,8 @@ class Committee:
             raise CVDDError('one name and one weight per teacher', 'check names and priors')
 
     def __repr__(self):
-        return 'Committee(' + ', '.join(f'{n}: {w:.3f}' for n,
-                                        w in zip(self.names,
-                                                 self.weights.tolist())) + f'; sub-batch {self.sub_batch}, bssl={self.bssl})'
+        votes = ', '.join(f'{n}: {w:.3f}' for n, w in zip(self.names, self.weights.tolist()))
+        return f'Committee({votes}; sub-batch {self.sub_batch}, bssl={self.bssl})'
 
 # %% ../nbs/05_relabel.ipynb #45936c14
 @patch
@@ -269,7 +268,7 @@ def make_committee(teachers,                       # ExpertPool, list of Expert,
 
 # %% ../nbs/05_relabel.ipynb #6dcdce57
 def epoch_order(n:int, seed:int, epoch:int,
-                order:str='cvdd')->torch.Tensor:  # 'cvdd' (ours) or 'torch' (the reference's loader, see `sampler_order`)
+                order:str='cvdd')->torch.Tensor:  # 'cvdd' (ours) or 'torch' (the reference's, `sampler_order`)
     "The seeded order of `n` images in `epoch`."
     if check_choice('image order', order, ORDERS) == 'torch': return sampler_order(n, seed, epoch)
     return torch.from_numpy(seeded_rng(seed, 0, epoch).permutation(n)).long()
@@ -325,7 +324,7 @@ class Augmenter:
     "The FKD replay without labels: a seeded order in batches, a crop and flip per image, a mix per batch."
     epochs = None                                  # any number of epochs
     def __init__(self, info:DatasetInfo, config:RelabelConfig|dict|None=None,
-                 order:str='cvdd'):                # image order: 'cvdd' or 'torch' (the reference's, see `sampler_order`)
+                 order:str='cvdd'):                # image order: 'cvdd' or 'torch' (the reference's)
         self.info, self.config, self.order = info, as_relabel_config(config), check_choice('image order', order, ORDERS)
         self.flip = resolve_flip(self.config.flip, info.name)
 
@@ -382,9 +381,10 @@ class LabelStore:
 
     def __repr__(self):
         c = self.config
+        where = f' in {len(self.files)} files)' if self.path else ' in memory)'
         return (f'LabelStore({self.n} images x {self.epochs} epochs, {len(self.bounds)} batches of {c.batch_size}, '
                 f'{c.mix}, '
-                f'topk={c.topk or "all"}, teachers {self.teachers}, {self.nbytes:,} bytes' + (f' in {len(self.files)} files)' if self.path else ' in memory)'))
+                f'topk={c.topk or "all"}, teachers {self.teachers}, {self.nbytes:,} bytes' + where)
 
 # %% ../nbs/05_relabel.ipynb #9aff553d
 @patch(as_prop=True)
@@ -471,7 +471,8 @@ def load(cls:LabelStore, path:str|Path)->LabelStore:
     try: tensors = st_load((path/STORE_FILE).read_bytes())
     except Exception as e: raise CVDDError(f'{path/STORE_FILE} is damaged ({e})', 'rerun relabel') from None
     E, n = meta['config'].get('epochs'), meta['n']
-    missing = [k for k in _STORE_KEYS if k not in tensors] + ([] if 'logits' in tensors or 'values' in tensors else ['logits'])
+    missing = ([k for k in _STORE_KEYS if k not in tensors]
+               + ([] if 'logits' in tensors or 'values' in tensors else ['logits']))
     if missing or tensors['order'].shape != (E, n):
         raise CVDDError(f'{path/STORE_FILE} does not match {STORE_JSON} (missing {missing}, order '
                         f'{tuple(tensors["order"].shape) if "order" in tensors else None} vs {(E, n)})',
@@ -495,8 +496,11 @@ def _empty_store(E, n, B, K, topk, batch_size):
 # %% ../nbs/05_relabel.ipynb #2f3dc95a
 def _put(tensors, e, b, s, a:BatchAug, z:dict):
     n = len(a)
-    tensors['order'][e, s:s + n], tensors['crops'][e, s:s + n], tensors['flips'][e, s:s + n] = a.idx.int(), a.crops.to(torch.int16), a.flips
-    tensors['perm'][e, s:s + n], tensors['lam'][e, b], tensors['box'][e, b] = a.perm.to(tensors['perm'].dtype), a.lam, a.box.to(torch.int16)
+    rows = slice(s, s + n)
+    tensors['order'][e, rows], tensors['crops'][e, rows] = a.idx.int(), a.crops.short()
+    tensors['flips'][e, rows] = a.flips
+    tensors['perm'][e, rows] = a.perm.to(tensors['perm'].dtype)
+    tensors['lam'][e, b], tensors['box'][e, b] = a.lam, a.box.short()
     for k, v in z.items(): tensors[k][e, s:s + n] = v.cpu()
 
 # %% ../nbs/05_relabel.ipynb #ea08dac8
@@ -522,7 +526,8 @@ def _resume_epochs(part:Path|None, fingerprint:dict, tensors:dict)->set:
         try: e, z = int(f.stem[1:]), st_load(f.read_bytes())
         except Exception as err: z, why = None, type(err).__name__
         else: why = 'wrong tensors for this store'
-        if z is not None and 0 <= e < len(tensors['order']) and z.keys() == tensors.keys() and all(z[k].shape == tensors[k][e].shape and z[k].dtype == tensors[k].dtype for k in tensors):
+        if (z is not None and 0 <= e < len(tensors['order']) and z.keys() == tensors.keys()
+                and all(z[k].shape == tensors[k][e].shape and z[k].dtype == tensors[k].dtype for k in tensors)):
             for k in tensors: tensors[k][e] = z[k]
             done.add(e)
         else:

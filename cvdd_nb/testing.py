@@ -75,7 +75,7 @@ def write_cifar_fixture(root:str|Path,      # folder to write into (the CIFAR fo
 
 # %% ../nbs/01b_testing.ipynb #7f2ed285
 def write_imagefolder_fixture(root:str|Path,          # folder to write into (becomes the dataset root)
-                              classes=3,               # number of classes, or their folder names (wnids for imagenette/tiny_imagenet)
+                              classes=3,               # number of classes, or their folder names (wnids)
                               n_per_class:int=4,       # train images per class
                               size=16,                 # image size: int or (H, W)
                               layout:str='plain',
@@ -89,12 +89,13 @@ def write_imagefolder_fixture(root:str|Path,          # folder to write into (be
     check_choice('image folder layout', layout, ['plain', 'imagenette', 'tiny_imagenet']); root = Path(root)
     if isinstance(classes, int):
         classes = (list(IMAGENETTE_NAMES)[:classes] if layout == 'imagenette' else
-                   [f'n{90000000 + i:08d}' for i in range(classes)] if layout == 'tiny_imagenet' else [f'class{i}' for i in range(classes)])
+                   [f'n{90000000 + i:08d}' for i in range(classes)] if layout == 'tiny_imagenet' else
+                   [f'class{i}' for i in range(classes)])
     ext = ext or ('png' if layout == 'plain' else 'JPEG'); k = len(classes)
     def save(p, a):
         p.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(a[0] if channels == 1 else a.transpose(1, 2, 0)).save(p,
-                                                                              **({'quality': 95, 'subsampling': 0} if ext.lower() in ('jpg', 'jpeg') else {}))
+        jpeg = {'quality': 95, 'subsampling': 0} if ext.lower() in ('jpg', 'jpeg') else {}
+        Image.fromarray(a[0] if channels == 1 else a.transpose(1, 2, 0)).save(p, **jpeg)
     xtr, ytr = fixture_images(n_per_class * k, channels, size, k, seed)
     xte, yte = fixture_images(n_test_per_class * k, channels, size, k, seed + 1)
     for i, (a, c) in enumerate(zip(xtr, ytr)):

@@ -58,8 +58,8 @@ class RecoverWatcher(_View):
                  cell:float=0.5):             # inches per image in the grid
         self.info, self.ipc, self.every, self.cell = info, ipc, every, cell
         self.K, self.names = min(info.num_classes, max_classes), list(info.class_names[:max_classes])
-        self.max_frames = max(2,
-                              min(max_frames, int(max_mb * 2**20) // (self.K * ipc * info.channels * info.img_size[0] * info.img_size[1])))
+        frame = self.K * ipc * info.channels * info.img_size[0] * info.img_size[1]          # bytes of one grid
+        self.max_frames = max(2, min(max_frames, int(max_mb * 2**20) // frame))
         self.image = W.Image(format='png', layout=_natural()); self.image.add_class('cvdd-grid')
         self.zoom = W.Image(format='png', layout=_natural(display='none')); self.zoom.add_class('cvdd-zoom')
         self.frame = W.IntSlider(0, min=0, max=0, description='frame', continuous_update=True)
@@ -138,12 +138,14 @@ def votes_html(names:list,              # committee members
     "The committee as an HTML table: member, prior, a bar and the number of its weight."
     w = [float(v) for v in weights]
     th = lambda t, a='left': f'<th align="{a}" style="padding:0 8px">{t}</th>'
-    head = ('<table class="cvdd-votes" style="font-size:12px;border-collapse:collapse"><tr>' + th('member') + th('prior &alpha;') +
-            th(f'weight at T = <span class="cvdd-t">{temperature:.3g}</span>') + th('') + (th('used') if recorded is not None else '') + '</tr>')
+    head = ('<table class="cvdd-votes" style="font-size:12px;border-collapse:collapse"><tr>' + th('member')
+            + th('prior &alpha;') + th(f'weight at T = <span class="cvdd-t">{temperature:.3g}</span>') + th('')
+            + (th('used') if recorded is not None else '') + '</tr>')
     rows = ''.join(f'<tr><td style="padding-right:8px">{html.escape(n)}</td><td style="padding:0 8px">{p:.2f}</td>'
                    f'<td style="width:160px"><div class="cvdd-bar" '
                    f'style="width:{100 * v:.1f}%;min-width:1px;height:12px;background:#4c72b0"></div></td>'
-                   f'<td class="cvdd-w" style="padding:0 8px">{v:.4f}</td>' + (f'<td>{float(recorded[i]):.4f}</td>' if recorded is not None else '') + '</tr>'
+                   f'<td class="cvdd-w" style="padding:0 8px">{v:.4f}</td>'
+                   + (f'<td>{float(recorded[i]):.4f}</td>' if recorded is not None else '') + '</tr>'
                    for i, (n, p, v) in enumerate(zip(names, priors, w)))
     return head + rows + '</table>'
 
@@ -156,9 +158,9 @@ def votes_figure(names:list, priors:list, temperature:float,
     w, xs = vote_weights(priors, temperature), list(range(len(names)))
     curves = terms is not None and len(terms['step']) > 0
     fig = Figure(figsize=(8.4 if curves else 3.0, 2.5))          # fixed axes positions: fast enough to redraw live
-    axs = [fig.add_axes((0.08, 0.22, 0.25, 0.66)), fig.add_axes((0.41, 0.22, 0.26,
-                                                                 0.66)), fig.add_axes((0.73, 0.22, 0.26, 0.66))] if curves \
-          else [fig.add_axes((0.2, 0.22, 0.75, 0.66))]
+    boxes = ([(0.08, 0.22, 0.25, 0.66), (0.41, 0.22, 0.26, 0.66), (0.73, 0.22, 0.26, 0.66)] if curves else
+             [(0.2, 0.22, 0.75, 0.66)])
+    axs = [fig.add_axes(b) for b in boxes]
     ax = axs[0]
     ax.bar(xs, w.tolist(), color='#4c72b0', label=f'softmax(α/T), T={temperature:.3g}')
     if recorded is not None:
@@ -194,7 +196,8 @@ class VoteInspector(_View):
                  follow:bool=True):           # while recover runs, show the IPC index being optimised
         missing = sorted({n for p in plan for n in p['names']} - set(priors))
         if missing: raise CVDDError(f'no prior for {missing}', 'give a prior for every committee member')
-        self.plan, self.priors, self.temperature, self.voter, self.every, self.follow = plan, dict(priors), temperature, voter, every, follow
+        self.plan, self.priors, self.temperature, self.voter = plan, dict(priors), temperature, voter
+        self.every, self.follow = every, follow
         self.terms, self.draws, self._last = {}, 0, None
         self.k = W.Dropdown(options=[(f"{p['k']}: {' + '.join(p['names'])}", i) for i, p in enumerate(plan)], value=0,
                             description='IPC index')
@@ -249,7 +252,8 @@ def _render(self:VoteInspector):
     "Redraw header, table and figure for the shown IPC index and the slider's T."
     e, T, names = self.entry, self.temp.value, self.names
     pri, used = [self.priors[n] for n in names], [float(v) for v in e['weights']]
-    how = 'softmax(&alpha; / T)' if self.voter == 'prior' else f"the <b>{self.voter}</b> voter (the slider shows what prior voting would give)"
+    how = ('softmax(&alpha; / T)' if self.voter == 'prior' else
+           f"the <b>{self.voter}</b> voter (the slider shows what prior voting would give)")
     self.header.value = (f"<div style='font-size:12px'>IPC index <b>{e['k']}</b>: committee "
                          f"<b>{html.escape(' + '.join(names))}</b>; "
                          f'the run used T = {self.temperature:g} and {how}.</div>')
@@ -303,7 +307,8 @@ def _cells(rows:list)->list:
 def pool_html(rows:list)->str:
     "The pool rows as an HTML table."
     th = ''.join(f'<th style="padding:2px 8px">{h}</th>' for h, _, _ in _POOL_COLS)
-    body = ''.join('<tr>' + ''.join(f'<td style="padding:2px 8px">{html.escape(c)}</td>' for c in cells) + '</tr>' for cells in _cells(rows))
+    td = lambda c: f'<td style="padding:2px 8px">{html.escape(c)}</td>'
+    body = ''.join('<tr>' + ''.join(td(c) for c in cells) + '</tr>' for cells in _cells(rows))
     return f'<table class="cvdd-pool" style="font-size:12px;border-collapse:collapse"><tr>{th}</tr>{body}</table>'
 
 def pool_figure(rows:list, title:str='expert pool')->Figure:
@@ -334,13 +339,15 @@ def results_html(table,                        # a `ResultsTable`
     def tr(r):
         b, d = r['method'].startswith(baseline), r['mean'] - base[r['labels']] if r['labels'] in base else None
         gain = '' if b or d is None else f'{d:+.2f}'
-        cells = [r['method'] + (' (baseline)' if b else ''), r['labels'], r['student'], '-' if r['ipc'] is None else r['ipc'], r['epochs'],
-                 f"{r['mean']:.2f} ± {r['std']:.2f}", r['seeds'], gain]
+        cells = [r['method'] + (' (baseline)' if b else ''), r['labels'], r['student'],
+                 '-' if r['ipc'] is None else r['ipc'], r['epochs'], f"{r['mean']:.2f} ± {r['std']:.2f}", r['seeds'],
+                 gain]
         style = ' style="color:#777"' if b else ''
         return f'<tr class="cvdd-row"{style}>' + ''.join(f'<td style="padding:2px '
                                                          f'8px">{html.escape(str(c))}</td>' for c in cells) + '</tr>'
     title = f'<div style="font-size:12px"><b>{html.escape(table.title)}</b></div>' if table.title else ''
-    return f'{title}<table class="cvdd-results" style="font-size:12px;border-collapse:collapse"><tr>{head}</tr>' + ''.join(tr(r) for r in rows) + '</table>'
+    return (f'{title}<table class="cvdd-results" style="font-size:12px;border-collapse:collapse"><tr>{head}</tr>'
+            + ''.join(tr(r) for r in rows) + '</table>')
 
 class ResultsView(_View):
     "The accuracy table with baselines (HTML) and its bar chart (PNG from `ResultsTable.plot`)."

@@ -167,7 +167,8 @@ def _made_by(pool:ExpertPool)->str:
     made = '; '.join(f'`{c}` at commit `{k}`' + (f' ({", ".join(n)})' if len(by) > 1 else '') for (c, k),
                      n in by.items())
     mins = sum(e.meta.seconds for e in pool) / 60
-    return f'Made by {made}. Training time: {mins:.0f} min of single-thread processes in all (the build runs two at a time on two cores).'
+    return (f'Made by {made}. Training time: {mins:.0f} min of single-thread processes in all '
+            f'(the build runs two at a time on two cores).')
 
 # %% ../nbs/03a_zoo.ipynb #cafd89cf
 def zoo_markdown(root:str|Path|None=None)->str:
@@ -189,20 +190,22 @@ def zoo_markdown(root:str|Path|None=None)->str:
                   f'{m.holdout["seed"]}), '
                   f'{r["epochs"]} epochs, {r["optimizer"]} lr {r["lr"]:g}, weight decay {r["weight_decay"]:g}, batch '
                   f'{r["batch_size"]}, '
-                  f'{r["schedule"]}, {r["augment"]} (pad {r["pad"]})' + (f', label smoothing '
-                                                                         f'{r["label_smoothing"]:g}' if r.get('label_smoothing') else '') +
+                  f'{r["schedule"]}, {r["augment"]} (pad {r["pad"]})'
+                  + (f', label smoothing {r["label_smoothing"]:g}' if r.get('label_smoothing') else '') +
                   f'. {_made_by(pool)}', '',
                   _row(['expert', 'architecture', 'width', 'params', 'test', 'valid', *(f'test @e{k}' for k in snaps),
                         'train min', 'trained on']),
                   '|---' * (8 + len(snaps)) + '|']
         for e in pool:
             sn = [_acc(p[e.name] if e.name in p.names else None) for p in snaps.values()]
-            parts.append(_row([e.name, e.meta.arch['name'], f'{e.meta.arch["width"]:g}', f'{e.meta.params:,}', _acc(e), _acc(e, 'valid_acc'), *sn,
+            parts.append(_row([e.name, e.meta.arch['name'], f'{e.meta.arch["width"]:g}', f'{e.meta.params:,}', _acc(e),
+                               _acc(e, 'valid_acc'), *sn,
                                f'{e.meta.seconds / 60:.1f}', e.meta.origin.get('machine', '')]))
         parts.append('')
     for ds in (d for d in ZOO if d not in _pools(root)):
         built = [n for n, *_ in ZOO[ds].experts if (root/ds/n/'expert.json').exists()]
-        parts += [f'## {ds}', '', f'Pending: {len(built)} of {len(ZOO[ds].experts)} experts built' + (f' ({", ".join(built)})' if built else '') +
+        parts += [f'## {ds}', '', f'Pending: {len(built)} of {len(ZOO[ds].experts)} experts built'
+                  + (f' ({", ".join(built)})' if built else '') +
                   f'; `cvdd experts train --zoo {ds} --jobs 2` trains the rest and writes the pools.', '']
     return '\n'.join(parts)
 

@@ -56,7 +56,14 @@ def test_helpers_exist_once():
     assert count(r'^def write_\w+_fixture\(') == 3 and all('_fixture(' not in re.sub(r'#.*', '', s) for n, s in lib.items()
                                                             if n in ('data.py', 'recover.py', 'relabel.py'))
 
-def test_long_lines_do_not_come_back():
-    "Library lines over 120 characters: 852 before issue 18, 101 after its rewrap; the count may only fall."
-    n = sum(len(l) > 120 for p in LIB.glob('*.py') if p.name != '_modidx.py' for l in p.read_text().split('\n'))
-    assert n <= 101, n
+def test_no_line_over_120_characters():
+    """Library code lines fit in 120 characters (852 did not before issue 18). Not counted, as nbdev generates them:
+    the module docstring (a chapter's one-line description) and the `__all__` list."""
+    long = []
+    for p in LIB.glob('*.py'):
+        if p.name == '_modidx.py': continue
+        lines, in_all = p.read_text().split('\n'), False
+        for i, l in enumerate(lines):
+            in_all = l.startswith('__all__') or (in_all and l.startswith(' '))
+            if len(l) > 120 and not in_all and not (l.startswith('"""') and i < 3): long.append(f'{p.name}:{i + 1}')
+    assert not long, long
