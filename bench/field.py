@@ -140,7 +140,7 @@ def cell(runs:list, tag:str, method:str, extra:dict|None=None)->dict|None:
         if m is None: continue
         dist.append(m['accs'][r['seeds'].index(r['seed'])])
         if extra and r['seed'] == extra['seed'] and tag == extra['tag'] and method in extra['accs']: students = [dist[-1], *extra['accs'][method]]
-    return spread(dist, students) if dist else None
+    return dict(spread(dist, students), student_seed=extra['seed'] if students else None) if dist else None
 
 def to_json(cells:dict)->dict:
     "{(dataset, ipc): {(tag, method): cell}} -> {'dataset/ipc': {'tag|method': cell}}, and back with `from_json`."
@@ -217,13 +217,15 @@ def markdown(res:dict, published:dict)->str:
         md.append('')
     md += ['## Where the spread comes from', '',
            'Per cell: the std over seeds of the whole distillation; the std of students alone (the first student, trained with '
-           f"every seed on the images and labels of the run of seed {meta.get('spread_seed', '?')}); what is left for recover "
+           'every seed on the images and labels of one run of the cell, the run of the seed named); what is left for recover '
            'and the random draw, sqrt(max(total² - student², 0)).', '',
-           '| dataset | IPC | student | method | total std | student std | recover std |', '|---|---|---|---|---|---|---|']
+           '| dataset | IPC | student | method | total std | student std (run of seed) | recover std |',
+           '|---|---|---|---|---|---|---|']
     f2 = lambda v: '-' if v is None else f'{v:.2f}'
     for (ds, ipc), cs in allcells.items():
         for (tag, m), c in cs.items():
-            md.append(f'| {ds} | {ipc} | {tag} | {m} | {f2(c["std"])} | {f2(c["student_std"])} | {f2(c["recover_std"])} |')
+            ss = f2(c['student_std']) + (f" ({c['student_seed']})" if c.get('student_seed') is not None else '')
+            md.append(f'| {ds} | {ipc} | {tag} | {m} | {f2(c["std"])} | {ss} | {f2(c["recover_std"])} |')
     md += ['', '## Targets', '', *targets(allcells), '',
            '## Priors', '', 'The vote priors of every run (the reference\'s distill prior: the accuracy of each expert\'s own SRe2L++ '
            'student), computed once per pool and scored on the zoo\'s validation hold-out:', '']
@@ -282,6 +284,13 @@ def benchmark(a)->dict:
     outs = [None] * len(jobs)
     for i, (p, key) in enumerate(keyed):                 # what an earlier sitting (any machine) already measured
         if (r := load_record(p, key)): outs[i] = dict(results=r['results'], wall_s=r['wall_s'], commit=r['commit'], machine=r['machine'])
+    for i, (kind, k, s) in enumerate(what):              # a spread recorded on another seed's run of the cell counts too
+        if kind != 'spread' or outs[i] is not None: continue
+        for s2 in (x for x in a.seeds if x != s):
+            c2 = seed_config(cfgs[k], s2); others = [x for x in a.seeds if x != s2]
+            if (r := load_record(records/k[0]/f"{c2['name']}-spread.json", dict(run=record_key(c2, work), seeds=others))):
+                outs[i], what[i] = dict(results=r['results'], wall_s=r['wall_s'], commit=r['commit'], machine=r['machine']), (kind, k, s2)
+                break
     todo = [] if a.records_only else [i for i, o in enumerate(outs) if o is None]
 
     def finished(i, o):
@@ -303,7 +312,8 @@ def benchmark(a)->dict:
                     full_data=[o['results'] for (kind, *_), o in zip(what, outs) if kind == 'full' and o is not None],
                     spread_seed=sp if more else None,
                     runs=[dict(config=f"{Path(a.configs).relative_to(ROOT) if Path(a.configs).resolve().is_relative_to(ROOT) else a.configs}/{k[0]}_ipc{k[1]}.toml",
-                               seed=s if kind == 'run' else f'{s}: students {", ".join(map(str, more))}', wall_s=o['wall_s'], commit=o['commit'], machine=o['machine'])
+                               seed=s if kind == 'run' else f'{s}: students {", ".join(str(x) for x in a.seeds if x != s)}',
+                               wall_s=o['wall_s'], commit=o['commit'], machine=o['machine'])
                           for (kind, k, s), o in zip(what, outs) if kind in ('run', 'spread') and o is not None],
                     command=' '.join(['python', 'bench/field.py', *sys.argv[1:]]), commit=git_commit(), machine=machine(a.device),
                     versions=versions(), wall_s=round(time.perf_counter() - t0, 1))

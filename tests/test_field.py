@@ -38,6 +38,8 @@ def test_cell_takes_each_runs_own_seed():
     fct.test_eq(field.cell(runs, 't', 'cvdd', dict(extra, seed=1))['student_accs'], [60.0, 71.0, 75.0])
     fct.test_eq(field.cell(runs, 'u', 'cvdd', extra)['student_std'], None)          # only the first student is retrained
     fct.test_eq(field.cell(runs, 't', 'sre2l++', extra), None)
+    fct.test_eq((c['student_seed'], field.cell(runs, 't', 'cvdd', dict(extra, seed=1))['student_seed']), (0, 1))   # named in the table
+    fct.test_eq(field.cell(runs, 'u', 'cvdd', extra)['student_seed'], None)
 
 def test_field_benchmark_end_to_end(tmp_path):
     cfgs = tmp_path/'configs'; cfgs.mkdir()

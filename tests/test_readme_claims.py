@@ -150,3 +150,18 @@ def test_field_resnet_claims():
     _says('but level with random real images with the same soft labels.')
     assert abs(cv['mean'] - rs['mean']) < min(cv['std'], rs['std']), (cv, rs)
     pri = meta['priors']['fashion_mnist']['values']; fct.test_eq(max(pri, key=pri.get), 'convnet')     # SRe2L++'s expert
+
+def test_field_ipc1_claims():
+    cells, meta, field = _field(); c = cells[('fashion_mnist', 1)]
+    cv, sp, rs = (c[('convnet3-w1', m)] for m in ('cvdd', 'sre2l++', 'random_soft'))
+    fct.test_eq((cv['n'], sp['n'], rs['n']), (3, 3, 3))
+    _says('CV-DD, SRe2L++ and random real images differ by less than their seed spreads, and the random subset\'s spread is the largest')
+    for a, b in ((cv, sp), (cv, rs), (sp, rs)): assert abs(a['mean'] - b['mean']) < max(a['std'], b['std']), (a, b)
+    assert rs['std'] > max(cv['std'], sp['std']), (rs, cv, sp)
+    _says('All three stand below every published distillation row, from DC on.')
+    pub = {r['method']: r['acc']['1'] for r in tomllib.loads((ROOT/'bench/published.toml').read_text())['fashion_mnist'] if '1' in r['acc']}
+    rows = [m for m in pub if m != 'random real subset']
+    assert len(rows) >= 7 and all(max(cv['mean'], sp['mean'], rs['mean']) < pub[m] for m in rows), pub
+    _says('Our random single images with hard labels under the DC protocol land within their seed spread of the published random row.')
+    rh = c[('convnet3-w1-dc', 'random_hard')]
+    assert abs(rh['mean'] - pub['random real subset']) < rh['std'], (rh, pub['random real subset'])
