@@ -505,6 +505,7 @@ class _Run:
         rank = f'.rank{self.share.rank}' if self.share.active else ''           # one progress file per process
         self.progress_file = f'progress{rank}.safetensors'
         self.lr_scale, self.bad, self.skipped = 1.0, 0, False              # non-finite steps (see `nonfinite`)
+        self.terms = LossTerms.of(cfg)                                     # the loss settings, made once
 
 # %% ../nbs/04_recover.ipynb #bf6f3321
 @patch
@@ -534,7 +535,7 @@ def step(self:_Run, models, hooks, states, votes, y, step, members=None):
                            s.g) for s in states]
     xa = augment_batch([s.x for s in states], params)
     if self.channels_last: xa = xa.contiguous(memory_format=torch.channels_last)
-    loss, ce, bn = committee_loss(models, votes, xa, y, members, LossTerms.of(cfg), hooks)
+    loss, ce, bn = committee_loss(models, votes, xa, y, members, self.terms, hooks)
     grads = torch.autograd.grad(loss, [s.x for s in states])
     self.skipped = not all_finite(loss, *grads)
     if not self.skipped:
@@ -704,7 +705,7 @@ def run_group(self:_Run, gi:int, group:list, bank)->dict:
             self.after_step(gi, group, states, step, lr, loss, ce, bn, names, votes, y)
         with torch.no_grad():
             xf = torch.cat([s.x for s in states])
-            _, ce_img, bn = committee_loss(models, votes, xf, y, members, LossTerms.of(self.cfg), hooks, per_image=True)
+            _, ce_img, bn = committee_loss(models, votes, xf, y, members, self.terms, hooks, per_image=True)
     return self.finish_group(group, states, ce_img, bn)
 
 # %% ../nbs/04_recover.ipynb #d1e9afdd
