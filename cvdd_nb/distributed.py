@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from .core import CVDDError, Share, get_device
 from .data import Data, DatasetInfo, Split, load_dataset
 from .experts import Expert, ExpertPool, ExpertRecipe, ExpertStep, train_expert
-from .recover import Recovered, RecoverConfig, recover, _Run
+from .recover import Recovered, RecoverConfig, recover
 from .relabel import LabelStore, RelabelConfig, relabel, split_sizes
 from .evaluate import EvalConfig, StudentRun, StudentStep, train_student
 
